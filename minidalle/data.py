@@ -1,0 +1,306 @@
+"""Image-caption data shared by both stages.
+
+Three sources, all through Hugging Face ``datasets`` and none needing the network when the data is local:
+
+* ``builtin``: the synthetic coloured-shapes dataset (``minidalle.shapes``), generated locally;
+* ``imagefolder``: a folder of images with ``metadata.jsonl`` (``file_name``, ``text``);
+* ``hf``: anything ``datasets.load_dataset`` accepts (a hub name, a local folder of parquet or
+  webdataset shards), with configurable image/caption columns and split.
+
+Images of any mode and size become RGB tensors in [-1, 1] at the configured resolution (resize the
+short side, center crop). Images that cannot be decoded are skipped by the collate function, counted,
+and reported once with their paths; training goes on.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile
+
+logger = logging.getLogger(__name__)
+
+# A truncated file should be reported as unreadable, not half-decoded into a grey image.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+@dataclass
+class DataConfig:
+    source: str = "builtin"  # "builtin", "imagefolder" or "hf"
+    path: str | None = None  # imagefolder: the folder; hf: a dataset name or folder of shards
+    hf_name: str | None = None  # hf: the dataset's configuration name, if it has several
+    data_files: str | None = None  # hf: e.g. "shards/*.parquet" with path "parquet"
+    train_split: str = "train"
+    eval_split: str = "validation"
+    image_column: str = "image"
+    caption_column: str = "text"
+    resolution: int = 32
+    # built-in data only
+    builtin_train_size: int = 20000
+    builtin_eval_size: int = 512
+    builtin_cache_dir: str = "data/builtin_shapes"
+    seed: int = 0
+    # loading
+    num_workers: int = 0
+    streaming: bool = False
+
+    def __post_init__(self) -> None:
+        if self.source not in ("builtin", "imagefolder", "hf"):
+            raise ValueError(f"data.source must be 'builtin', 'imagefolder' or 'hf', got {self.source!r}.")
+        if self.source in ("imagefolder", "hf") and not self.path:
+            raise ValueError(f"data.source={self.source!r} needs data.path (a folder or dataset name).")
+        if self.resolution < 8 or self.resolution % 8 != 0:
+            raise ValueError(f"data.resolution must be a multiple of 8 and >= 8, got {self.resolution}.")
+        if self.num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}.")
+
+
+class NoUsableDataError(ValueError):
+    pass
+
+
+def load_captioned_dataset(cfg: DataConfig, split: str):
+    """Return a ``datasets.Dataset`` with columns ``image`` (undecoded: bytes/path) and ``text``."""
+    import datasets
+
+    if cfg.source == "builtin":
+        from minidalle.shapes import build_builtin_dataset
+
+        dsd = build_builtin_dataset(
+            cfg.builtin_cache_dir,
+            train_size=cfg.builtin_train_size,
+            eval_size=cfg.builtin_eval_size,
+            resolution=cfg.resolution,
+            seed=cfg.seed,
+        )
+        if split not in dsd:
+            raise NoUsableDataError(f"The built-in dataset has splits {list(dsd)}, not {split!r}.")
+        ds = dsd[split]
+        image_column, caption_column = "image", "text"
+    else:
+        if cfg.source == "imagefolder":
+            folder = Path(cfg.path)
+            if not folder.is_dir():
+                raise NoUsableDataError(
+                    f"data.path {cfg.path!r} is not a folder. Point it at a folder of images with a "
+                    "metadata.jsonl holding 'file_name' and 'text' for each image."
+                )
+            ds_all = datasets.load_dataset("imagefolder", data_dir=str(folder))
+        else:
+            kwargs: dict[str, Any] = {}
+            if cfg.data_files:
+                kwargs["data_files"] = cfg.data_files
+            ds_all = datasets.load_dataset(cfg.path, cfg.hf_name, **kwargs)
+        if split not in ds_all:
+            raise NoUsableDataError(
+                f"Split {split!r} not found in {cfg.path!r}; it has {list(ds_all)}. "
+                "Set data.train_split / data.eval_split to one of these."
+            )
+        ds = ds_all[split]
+        image_column, caption_column = cfg.image_column, cfg.caption_column
+    for column, key in ((image_column, "image_column"), (caption_column, "caption_column")):
+        if column not in ds.column_names:
+            raise NoUsableDataError(
+                f"Column {column!r} not found in split {split!r} (columns: {ds.column_names}). "
+                f"Set data.{key} to the right column."
+            )
+    if len(ds) == 0:
+        raise NoUsableDataError(f"Split {split!r} of {cfg.source} data {cfg.path or ''} is empty.")
+    ds = ds.cast_column(image_column, datasets.Image(decode=False))
+    if image_column != "image":
+        ds = ds.rename_column(image_column, "image")
+    if caption_column != "text":
+        ds = ds.rename_column(caption_column, "text")
+    return ds
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode (RGBA, LA, P, L, I;16, I, F, CMYK, ...) to 8-bit RGB."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16/32-bit grey: scale by the actual range rather than clipping at 255.
+        array = np.asarray(image, dtype=np.float64)
+        lo, hi = float(array.min()), float(array.max())
+        if image.mode.startswith("I;16"):
+            lo, hi = 0.0, 65535.0
+        scaled = (array - lo) / max(hi - lo, 1e-12) * 255.0
+        return Image.fromarray(np.clip(scaled + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def resize_center_crop(image: Image.Image, resolution: int) -> Image.Image:
+    width, height = image.size
+    scale = resolution / min(width, height)
+    new_w, new_h = max(resolution, round(width * scale)), max(resolution, round(height * scale))
+    if (new_w, new_h) != (width, height):
+        image = image.resize((new_w, new_h), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    left, top = (new_w - resolution) // 2, (new_h - resolution) // 2
+    return image.crop((left, top, left + resolution, top + resolution))
+
+
+def pil_to_tensor(image: Image.Image) -> torch.Tensor:
+    array = np.asarray(image, dtype=np.uint8)  # (H, W, 3)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div(127.5).sub(1.0)  # (3, H, W)
+
+
+def tensor_to_pil(pixels: torch.Tensor) -> list[Image.Image]:
+    """(B, 3, H, W) or (3, H, W) in [-1, 1] -> PIL images."""
+    if pixels.dim() == 3:
+        pixels = pixels[None]
+    array = (pixels.detach().float().clamp(-1, 1).add(1).mul(127.5).round()).to(torch.uint8)
+    array = array.permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3)
+    return [Image.fromarray(a) for a in array]
+
+
+def decode_image(value: Any) -> Image.Image:
+    """Decode a datasets ``Image(decode=False)`` value ({"bytes", "path"}) or a PIL image."""
+    if isinstance(value, Image.Image):
+        image = value
+    elif isinstance(value, dict):
+        if value.get("bytes"):
+            image = Image.open(io.BytesIO(value["bytes"]))
+        elif value.get("path"):
+            image = Image.open(value["path"])
+        else:
+            raise ValueError("empty image entry")
+    elif isinstance(value, (str, os.PathLike)):
+        image = Image.open(value)
+    elif isinstance(value, (bytes, bytearray)):
+        image = Image.open(io.BytesIO(value))
+    else:
+        raise ValueError(f"unsupported image value of type {type(value).__name__}")
+    image.load()
+    return image
+
+
+def image_identifier(value: Any, index: int) -> str:
+    if isinstance(value, dict) and value.get("path"):
+        return str(value["path"])
+    return f"row {index}"
+
+
+def preprocess(value: Any, resolution: int) -> torch.Tensor:
+    return pil_to_tensor(resize_center_crop(to_rgb(decode_image(value)), resolution))
+
+
+class ImageCaptionDataset(torch.utils.data.Dataset):
+    """Map-style dataset of (pixels, caption). Unreadable images come back as ``pixels=None``."""
+
+    def __init__(self, hf_dataset, resolution: int):
+        self.data = hf_dataset
+        self.resolution = resolution
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = self.data[int(index)]
+        try:
+            pixels = preprocess(row["image"], self.resolution)
+            bad = None
+        except Exception as err:  # noqa: BLE001 - any decoding failure means "skip this image"
+            pixels, bad = None, f"{image_identifier(row['image'], index)} ({type(err).__name__}: {err})"
+        return {"pixels": pixels, "text": row["text"] or "", "index": int(index), "bad": bad}
+
+
+class SkippedImages:
+    """Counts unreadable images and reports each path once, so a bad file never stops training."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.reported: set[str] = set()
+
+    def record(self, description: str) -> None:
+        self.count += 1
+        if description not in self.reported:
+            self.reported.add(description)
+            logger.warning("Skipping unreadable image %s", description)
+
+
+SKIPPED = SkippedImages()
+
+
+def collate_image_captions(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    good = [item for item in batch if item["pixels"] is not None]
+    skipped = [item["bad"] for item in batch if item["pixels"] is None]
+    for description in skipped:
+        SKIPPED.record(description)
+    pixels = torch.stack([item["pixels"] for item in good]) if good else torch.zeros(0, 3, 1, 1)
+    return {
+        "pixels": pixels,  # (B, 3, H, W)
+        "text": [item["text"] for item in good],
+        "index": torch.tensor([item["index"] for item in good], dtype=torch.long),
+        "num_skipped": len(skipped),
+    }
+
+
+def check_usable(dataset: ImageCaptionDataset, max_probe: int = 256) -> int:
+    """Fail at start, clearly, if the dataset has no image that decodes. Returns the number probed."""
+    probe = min(len(dataset), max_probe)
+    problems = []
+    for index in range(probe):
+        item = dataset[index]
+        if item["pixels"] is not None:
+            return index + 1
+        problems.append(item["bad"])
+    raise NoUsableDataError(
+        f"None of the first {probe} images could be read, so there is nothing to train on. "
+        f"First problems: {problems[:5]}. Check data.path and data.image_column."
+    )
+
+
+class EpochSampler(torch.utils.data.Sampler[int]):
+    """A shuffled order that depends only on (seed, epoch): resuming at any step sees the same data.
+
+    Accelerate shards the batches of this sampler across processes, so no two ranks see the same
+    example in an epoch.
+    """
+
+    def __init__(self, num_examples: int, seed: int, shuffle: bool = True):
+        self.num_examples = num_examples
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_examples
+
+    def __iter__(self):
+        if not self.shuffle:
+            return iter(range(self.num_examples))
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.num_examples, generator=generator).tolist())
+
+
+def load_train_eval(cfg: DataConfig, max_eval: int = 512):
+    """(train, eval) ``datasets.Dataset``s. Without an eval split, a fixed slice of train is held out."""
+    train = load_captioned_dataset(cfg, cfg.train_split)
+    try:
+        evaluation = load_captioned_dataset(cfg, cfg.eval_split)
+    except NoUsableDataError as err:
+        if len(train) < 20:
+            raise NoUsableDataError(
+                f"{err} There are too few training images ({len(train)}) to hold some out for evaluation."
+            ) from None
+        held_out = min(max_eval, max(1, len(train) // 100))
+        logger.warning("%s Holding out %d training images for evaluation instead.", err, held_out)
+        split = train.train_test_split(test_size=held_out, seed=cfg.seed, shuffle=True)
+        train, evaluation = split["train"], split["test"]
+    return train, evaluation

@@ -1,0 +1,87 @@
+"""``save_pretrained`` / ``from_pretrained`` for our own modules: ``config.json`` + ``model.safetensors``.
+
+A model class sets ``config_class`` (a dataclass) and ``model_type``; its ``__init__`` takes that
+config. Loading reads JSON and safetensors only (never pickle, never code from the folder), from a
+local folder or, for users with internet, a Hugging Face Hub repository id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from minidalle.config import ConfigError, build_dataclass
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def resolve_model_dir(name_or_path: str | Path, files: tuple[str, ...] = (CONFIG_NAME, WEIGHTS_NAME)) -> Path:
+    """A local folder as is; anything else is treated as a Hub repo id and downloaded (needs internet)."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        missing = [f for f in files if not (path / f).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"Model folder {str(path)!r} is incomplete: missing {', '.join(missing)}. "
+                "Point at a folder written by save_pretrained (e.g. <output_dir>/vqvae)."
+            )
+        return path
+    if path.exists() or str(name_or_path).startswith((".", "/")) or str(name_or_path).count("/") != 1:
+        raise FileNotFoundError(
+            f"Model folder {str(name_or_path)!r} does not exist. Give a folder written by save_pretrained "
+            "or a Hugging Face Hub repo id such as 'user/model'."
+        )
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(repo_id=str(name_or_path), allow_patterns=list(files)))
+
+
+class PretrainedMixin:
+    config_class: ClassVar[type]
+    model_type: ClassVar[str]
+
+    def save_pretrained(self, save_directory: str | Path) -> Path:
+        out = Path(save_directory)
+        out.mkdir(parents=True, exist_ok=True)
+        config = {"model_type": self.model_type, **dataclasses.asdict(self.config)}
+        (out / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(out / WEIGHTS_NAME), metadata={"format": "pt", "model_type": self.model_type})
+        return out
+
+    @classmethod
+    def load_config(cls, name_or_path: str | Path) -> Any:
+        folder = resolve_model_dir(name_or_path, (CONFIG_NAME,))
+        raw: dict[str, Any] = json.loads((folder / CONFIG_NAME).read_text())
+        model_type = raw.pop("model_type", None)
+        if model_type != cls.model_type:
+            raise ConfigError(
+                f"{folder / CONFIG_NAME} describes a {model_type!r} model, not a {cls.model_type!r} one. "
+                "Check that you pointed at the right folder."
+            )
+        return build_dataclass(cls.config_class, raw, where=str(folder / CONFIG_NAME))
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    ):
+        folder = resolve_model_dir(name_or_path)
+        config = cls.load_config(folder)
+        model = cls(config)
+        state = load_file(str(folder / WEIGHTS_NAME), device="cpu")
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"Weights in {folder / WEIGHTS_NAME} do not fit the config: missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}."
+            )
+        model.to(device=device)
+        if dtype is not None:
+            model.to(dtype=dtype)
+        return model.eval()

@@ -1,0 +1,49 @@
+"""The VQ-VAE's one config dataclass, saved as ``config.json`` beside ``model.safetensors``."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+@dataclass
+class VQVAEConfig:
+    resolution: int = 32  # training resolution (the model is convolutional and accepts others)
+    in_channels: int = 3
+    base_channels: int = 64
+    # One entry per resolution level; len - 1 stride-2 stages, so downsampling = 2 ** (len - 1).
+    channel_multipliers: list[int] = field(default_factory=lambda: [1, 2, 2])
+    num_res_blocks: int = 1
+    codebook_size: int = 512
+    # Low-dimensional, l2-normalised codes keep nearly the whole codebook in use (ViT-VQGAN, LlamaGen).
+    codebook_dim: int = 8
+    l2_normalize: bool = True
+    beta: float = 0.25  # weight of the commitment term ||z_e - sg[e]||^2 (not of the codebook term)
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.channel_multipliers:
+            raise ValueError("channel_multipliers needs at least one entry.")
+        if self.codebook_size < 2:
+            raise ValueError(f"codebook_size must be >= 2, got {self.codebook_size}.")
+        if self.codebook_dim < 1:
+            raise ValueError(f"codebook_dim must be >= 1, got {self.codebook_dim}.")
+        if self.resolution % self.downsample_factor != 0:
+            raise ValueError(
+                f"resolution {self.resolution} is not divisible by the downsampling factor "
+                f"{self.downsample_factor}; change resolution or channel_multipliers."
+            )
+        if self.beta < 0:
+            raise ValueError(f"beta must be >= 0, got {self.beta}.")
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.channel_multipliers) - 1)
+
+    @property
+    def grid_size(self) -> int:
+        return self.resolution // self.downsample_factor
+
+    @property
+    def bits_per_code(self) -> float:
+        return math.log2(self.codebook_size)

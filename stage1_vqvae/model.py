@@ -1,0 +1,168 @@
+"""The VQ-VAE: conv encoder -> vector quantizer -> conv decoder.
+
+pixels (B, 3, H, W) in [-1, 1]
+  -> encoder -> z_e (B, D, H/f, W/f) -> quantizer -> codes (B, H/f, W/f), z_q
+  -> decoder -> reconstruction (B, 3, H, W)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minidalle.hub import PretrainedMixin
+from stage1_vqvae.config import VQVAEConfig
+from stage1_vqvae.quantizer import QuantizerOutput, VectorQuantizer
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(num_groups=math.gcd(32, channels), num_channels=channels, eps=1e-6)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0):
+        super().__init__()
+        self.block = nn.Sequential(
+            _norm(in_channels),
+            nn.SiLU(),
+            nn.Conv2d(in_channels, out_channels, 3, padding=1),
+            _norm(out_channels),
+            nn.SiLU(),
+            nn.Dropout(dropout),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1),
+        )
+        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.skip(x) + self.block(x)
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Asymmetric padding keeps an exact 2x reduction with a 3x3 stride-2 kernel.
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: VQVAEConfig):
+        super().__init__()
+        channels = [cfg.base_channels * m for m in cfg.channel_multipliers]
+        layers: list[nn.Module] = [nn.Conv2d(cfg.in_channels, channels[0], 3, padding=1)]
+        current = channels[0]
+        for level, width in enumerate(channels):
+            for _ in range(cfg.num_res_blocks):
+                layers.append(ResBlock(current, width, cfg.dropout))
+                current = width
+            if level < len(channels) - 1:
+                layers.append(Downsample(current))
+        layers += [ResBlock(current, current, cfg.dropout), _norm(current), nn.SiLU()]
+        layers.append(nn.Conv2d(current, cfg.codebook_dim, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.net(pixels)  # (B, D, H/f, W/f)
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: VQVAEConfig):
+        super().__init__()
+        channels = [cfg.base_channels * m for m in cfg.channel_multipliers][::-1]
+        current = channels[0]
+        layers: list[nn.Module] = [nn.Conv2d(cfg.codebook_dim, current, 3, padding=1)]
+        layers.append(ResBlock(current, current, cfg.dropout))
+        for level, width in enumerate(channels):
+            for _ in range(cfg.num_res_blocks + 1):
+                layers.append(ResBlock(current, width, cfg.dropout))
+                current = width
+            if level < len(channels) - 1:
+                layers.append(Upsample(current))
+        layers += [_norm(current), nn.SiLU(), nn.Conv2d(current, cfg.in_channels, 3, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z_q: torch.Tensor) -> torch.Tensor:
+        return self.net(z_q)  # (B, 3, H, W)
+
+
+@dataclass
+class VQVAEOutput:
+    reconstruction: torch.Tensor  # (B, 3, H, W)
+    z_e: torch.Tensor  # (B, D, h, w), encoder output before quantization
+    quantizer: QuantizerOutput
+
+    @property
+    def codes(self) -> torch.Tensor:
+        return self.quantizer.codes  # (B, h, w)
+
+
+class VQVAE(PretrainedMixin, nn.Module):
+    config_class = VQVAEConfig
+    model_type = "minidalle-vqvae"
+
+    def __init__(self, config: VQVAEConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.quantizer = VectorQuantizer(config.codebook_size, config.codebook_dim, config.l2_normalize)
+        self.decoder = Decoder(config)
+
+    def forward(self, pixels: torch.Tensor) -> VQVAEOutput:
+        z_e = self.encoder(pixels)  # (B, D, h, w)
+        quantized = self.quantizer(z_e)
+        reconstruction = self.decoder(quantized.quantized)  # (B, 3, H, W)
+        return VQVAEOutput(reconstruction=reconstruction, z_e=z_e, quantizer=quantized)
+
+    @torch.no_grad()
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels (B, 3, H, W) in [-1, 1] -> codes (B, h, w), integer ids in raster order."""
+        z_e = self.encoder(pixels)  # (B, D, h, w)
+        B, D, h, w = z_e.shape
+        z = self.quantizer._normalize(z_e.permute(0, 2, 3, 1).reshape(-1, D).float())  # (N, D)
+        return self.quantizer.nearest_codes(z).view(B, h, w)
+
+    @torch.no_grad()
+    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes (B, h, w) -> pixels (B, 3, H, W) in [-1, 1]."""
+        if codes.min() < 0 or codes.max() >= self.config.codebook_size:
+            raise ValueError(
+                f"Codes must lie in [0, {self.config.codebook_size}); got [{codes.min()}, {codes.max()}]."
+            )
+        dtype = next(self.decoder.parameters()).dtype
+        z_q = self.quantizer.lookup(codes.long()).to(dtype)  # (B, D, h, w)
+        return self.decoder(z_q).clamp(-1, 1)
+
+    def loss(self, pixels: torch.Tensor, output: VQVAEOutput) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Reconstruction (MSE, which PSNR measures, plus L1 for sharper edges) + VQ terms."""
+        mse = F.mse_loss(output.reconstruction.float(), pixels.float())
+        l1 = F.l1_loss(output.reconstruction.float(), pixels.float())
+        vq = output.quantizer.loss(self.config.beta)
+        total = mse + 0.1 * l1 + vq
+        return total, {
+            "mse": mse.detach(),
+            "l1": l1.detach(),
+            "codebook_loss": output.quantizer.codebook_loss.detach(),
+            "commitment_loss": output.quantizer.commitment_loss.detach(),
+            "perplexity": output.quantizer.perplexity.detach(),
+        }
+
+
+def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB for images in [-1, 1] (peak-to-peak 2): (B,)."""
+    mse = (reconstruction.float() - target.float()).pow(2).flatten(1).mean(1)  # (B,)
+    return 10 * torch.log10(4.0 / mse.clamp_min(1e-10))

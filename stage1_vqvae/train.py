@@ -1,0 +1,284 @@
+"""Train the stage-1 VQ-VAE image tokenizer.
+
+    accelerate launch stage1_vqvae/train.py --config configs/stage1_tiny.yaml [--train.max_steps 100 ...]
+
+Runs unchanged on CPU, one GPU or many (Accelerate's DDP/FSDP/DeepSpeed). Writes, under
+``train.output_dir``: TensorBoard logs, reconstruction grids (``images/``), checkpoints that are also
+loadable models (``checkpoints/checkpoint-<step>/vqvae``) and the final model (``vqvae/``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import sys
+from collections import deque
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from minidalle import data as data_lib
+from minidalle.config import parse_config
+from minidalle.images import reconstruction_grid, to_chw_uint8
+from minidalle.training import (
+    GracefulStop,
+    MetricsLog,
+    NonFiniteGuard,
+    checkpoint_step,
+    cosine_with_warmup,
+    flat_config,
+    format_metrics,
+    infinite_batches,
+    prepare_output_dir,
+    resolve_resume,
+    save_checkpoint,
+    step_generator,
+    unwrap,
+)
+from stage1_vqvae.evaluation import evaluate_reconstruction
+from stage1_vqvae.model import VQVAE, psnr
+from stage1_vqvae.run_config import Stage1RunConfig
+
+logger = logging.getLogger("stage1_vqvae.train")
+
+
+def shapes_checker(images, captions) -> list[int]:
+    """How many of the 4 attributes read back from each reconstruction agree with its caption."""
+    from minidalle.shapes import parse_caption, read_attributes
+
+    right = []
+    for image, caption in zip(images, captions):
+        truth, seen = parse_caption(caption), read_attributes(image)
+        if truth is None or seen is None:
+            right.append(0)
+            continue
+        right.append(
+            sum(getattr(truth, a) == getattr(seen, a) for a in ("color", "shape", "position", "size"))
+        )
+    return right
+
+
+@torch.no_grad()
+def log_reconstructions(accelerator, model, grid_pixels, output_dir: Path, step: int) -> None:
+    model.eval()
+    reconstruction = model.decode_codes(model.encode(grid_pixels))  # (n, 3, H, W)
+    grid = reconstruction_grid(data_lib.tensor_to_pil(grid_pixels), data_lib.tensor_to_pil(reconstruction))
+    (output_dir / "images").mkdir(exist_ok=True)
+    grid.save(output_dir / "images" / f"reconstructions-{step:06d}.png")
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.writer.add_image("reconstructions", to_chw_uint8(grid), step)
+    model.train()
+
+
+def main(argv: list[str] | None = None) -> None:
+    # ---------------------------------------------------------------- config and accelerator
+    cfg = parse_config(Stage1RunConfig, argv, description=__doc__)
+    tcfg = cfg.train
+    output_dir = Path(tcfg.output_dir)
+    accelerator = Accelerator(
+        mixed_precision=tcfg.mixed_precision,
+        log_with=None if tcfg.report_to == "none" else tcfg.report_to,
+        project_dir=str(output_dir),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if not accelerator.is_main_process:
+        logging.getLogger().setLevel(logging.WARNING)
+    resume_path = resolve_resume(output_dir, tcfg.resume_from_checkpoint)
+    prepare_output_dir(output_dir, dataclasses.asdict(cfg), tcfg.resume_from_checkpoint is not None,
+                       accelerator.is_main_process)  # fmt: skip
+    accelerator.wait_for_everyone()
+    set_seed(tcfg.seed)
+    stop = GracefulStop()
+
+    # ---------------------------------------------------------------- data
+    with accelerator.main_process_first():
+        train_hf, eval_hf = data_lib.load_train_eval(cfg.data, max_eval=cfg.num_eval_images)
+    train_set = data_lib.ImageCaptionDataset(train_hf, cfg.data.resolution)
+    eval_set = data_lib.ImageCaptionDataset(eval_hf, cfg.data.resolution)
+    data_lib.check_usable(train_set)
+    sampler = data_lib.EpochSampler(len(train_set), seed=tcfg.seed)
+    train_loader = torch.utils.data.DataLoader(
+        train_set, batch_size=tcfg.batch_size, sampler=sampler, drop_last=True,
+        num_workers=cfg.data.num_workers, collate_fn=data_lib.collate_image_captions,
+    )  # fmt: skip
+    eval_loader = torch.utils.data.DataLoader(
+        eval_set, batch_size=64, shuffle=False, num_workers=cfg.data.num_workers,
+        collate_fn=data_lib.collate_image_captions,
+    )  # fmt: skip
+    grid_pixels = data_lib.collate_image_captions(
+        [eval_set[i] for i in range(min(len(eval_set), cfg.num_grid_images))]
+    )
+    checker = shapes_checker if cfg.data.source == "builtin" else None
+
+    # ---------------------------------------------------------------- model and optimizer
+    model = VQVAE(cfg.model)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=tcfg.learning_rate, betas=(tcfg.adam_beta1, tcfg.adam_beta2),
+        weight_decay=tcfg.weight_decay,
+    )  # fmt: skip
+    # The scheduler is stepped once per optimizer step by us (not prepared, so it is not stepped
+    # once per process) and checkpointed with the rest of the state.
+    scheduler = cosine_with_warmup(optimizer, tcfg)
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    accelerator.register_for_checkpointing(scheduler)
+    if tcfg.compile:
+        model = torch.compile(model)
+    grid_pixels = grid_pixels["pixels"].to(accelerator.device)
+    if accelerator.is_main_process:
+        n_params = sum(p.numel() for p in model.parameters())
+        logger.info("VQ-VAE: %.2fM parameters, %dx%d codes from a book of %d, %d processes",
+                    n_params / 1e6, cfg.model.grid_size, cfg.model.grid_size, cfg.model.codebook_size,
+                    accelerator.num_processes)  # fmt: skip
+        accelerator.init_trackers("stage1_vqvae", config=flat_config(cfg))
+
+    def export(folder: Path) -> None:
+        unwrap(accelerator, model).save_pretrained(folder / "vqvae")
+
+    # ---------------------------------------------------------------- resume
+    global_step = 0
+    if resume_path is not None:
+        accelerator.load_state(str(resume_path))
+        global_step = checkpoint_step(resume_path)
+        logger.info("Resumed from %s at step %d", resume_path, global_step)
+    accum = tcfg.gradient_accumulation_steps
+    batches = infinite_batches(accelerator, train_loader, sampler, start_micro_step=global_step * accum)
+
+    if global_step == 0 and cfg.codebook.kmeans_init:
+        # k-means over a few batches of encoder outputs (broadcast from rank 0 under DDP).
+        with torch.no_grad():
+            encoder_outputs, first_batches = [], iter(train_loader)
+            for _ in range(min(cfg.codebook.kmeans_batches, len(train_loader))):
+                encoder_outputs.append(unwrap(accelerator, model).encoder(next(first_batches)["pixels"]))
+            z_e = torch.cat(encoder_outputs)  # (N, D, h, w)
+            unwrap(accelerator, model).quantizer.kmeans_init(z_e, generator=step_generator(tcfg.seed, 0, 1))
+
+    # ---------------------------------------------------------------- loop
+    guard = NonFiniteGuard(tcfg.max_nonfinite_steps)
+    metrics_log = MetricsLog(output_dir, accelerator.is_main_process)
+    usage_window: deque[torch.Tensor] = deque(maxlen=cfg.codebook.usage_window)
+    K = cfg.model.codebook_size
+    progress = tqdm(total=tcfg.max_steps, initial=global_step, disable=not accelerator.is_main_process,
+                    desc="stage 1", dynamic_ncols=True)  # fmt: skip
+    running: dict[str, float] = {}
+    model.train()
+    while global_step < tcfg.max_steps:
+        # One optimizer step = `accum` micro-batches; gradients sync only on the last one.
+        step_codes = []
+        for micro in range(accum):
+            _, batch = next(batches)
+            pixels = batch["pixels"]  # (B, 3, H, W)
+            sync_context = accelerator.no_sync(model) if micro < accum - 1 else contextlib.nullcontext()
+            with sync_context, accelerator.autocast():
+                if pixels.shape[0] == 0:  # every image in this batch was unreadable
+                    loss = sum(p.sum() * 0 for p in model.parameters())
+                    parts, out = {}, None
+                else:
+                    out = model(pixels)
+                    loss, parts = unwrap(accelerator, model).loss(pixels, out)
+                accelerator.backward(loss / accum)
+            if out is not None:
+                step_codes.append(out.codes.detach().flatten())
+                for key, value in parts.items():
+                    running[key] = running.get(key, 0.0) + value.item() / accum
+                running["psnr"] = (
+                    running.get("psnr", 0.0) + psnr(out.reconstruction.detach(), pixels).mean().item() / accum
+                )
+        max_norm = tcfg.max_grad_norm if tcfg.max_grad_norm > 0 else math.inf
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+        if guard.check(accelerator, loss, None if tcfg.mixed_precision == "fp16" else grad_norm):
+            optimizer.step()
+        else:
+            logger.warning("Non-finite loss or gradient at step %d: step skipped (%d in a row, %d total).",
+                           global_step + 1, guard.in_a_row, guard.total_skipped)  # fmt: skip
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        global_step += 1
+        progress.update(1)
+
+        if guard.exhausted:
+            save_checkpoint(accelerator, output_dir, global_step, export, tcfg.checkpoints_total_limit,
+                            extra={"reason": "non-finite"})  # fmt: skip
+            accelerator.end_training()
+            sys.exit(f"Stopping: {guard.in_a_row} non-finite steps in a row (lower train.learning_rate, "
+                     f"check the data, or use bf16 rather than fp16). Last good state saved in {output_dir}.")  # fmt: skip
+
+        # ------------------------------------------------------------ codebook health
+        quantizer = unwrap(accelerator, model).quantizer
+        if step_codes:
+            usage_window.append(torch.bincount(torch.cat(step_codes), minlength=K).cpu())
+        restart = cfg.codebook.restart_every
+        if (
+            restart
+            and global_step % restart == 0
+            and global_step <= cfg.codebook.restart_until * tcfg.max_steps
+            and out is not None
+        ):
+            restarted = quantizer.restart_dead_codes(
+                out.z_e, cfg.codebook.dead_code_threshold, generator=step_generator(tcfg.seed, global_step, 2)
+            )
+            running["restarted_codes"] = running.get("restarted_codes", 0.0) + restarted * tcfg.log_every
+
+        # ------------------------------------------------------------ logging
+        if global_step % tcfg.log_every == 0:
+            metrics = {k: v / tcfg.log_every for k, v in running.items()}
+            if usage_window:
+                window = torch.stack(list(usage_window)).sum(0)  # (K,)
+                metrics["codebook_usage_pct"] = 100.0 * (window > 0).sum().item() / K
+            metrics["lr"] = scheduler.get_last_lr()[0]
+            metrics["skipped_steps"] = guard.total_skipped
+            metrics["skipped_images"] = data_lib.SKIPPED.count
+            accelerator.log({f"train/{k}": v for k, v in metrics.items()}, step=global_step)
+            metrics_log.write(global_step, {f"train/{k}": v for k, v in metrics.items()})
+            progress.set_postfix(loss=f"{metrics.get('mse', 0):.4f}", psnr=f"{metrics.get('psnr', 0):.1f}",
+                                 usage=f"{metrics.get('codebook_usage_pct', 0):.0f}%")  # fmt: skip
+            running = {}
+        if tcfg.eval_every and global_step % tcfg.eval_every == 0 and accelerator.is_main_process:
+            metrics = evaluate_reconstruction(unwrap(accelerator, model), eval_loader, accelerator.device,
+                                              max_images=cfg.num_eval_images, checker=checker)  # fmt: skip
+            accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=global_step)
+            metrics_log.write(global_step, {f"eval/{k}": v for k, v in metrics.items()})
+            progress.write(f"step {global_step}: eval {format_metrics(metrics)}")
+            model.train()
+        if tcfg.image_every and global_step % tcfg.image_every == 0 and accelerator.is_main_process:
+            log_reconstructions(accelerator, unwrap(accelerator, model), grid_pixels, output_dir, global_step)
+
+        # ------------------------------------------------------------ checkpoints and signals
+        stopping = stop.should_stop(accelerator) or global_step == tcfg.stop_after_steps
+        if stopping or (tcfg.checkpoint_every and global_step % tcfg.checkpoint_every == 0):
+            path = save_checkpoint(accelerator, output_dir, global_step, export, tcfg.checkpoints_total_limit)
+            progress.write(f"step {global_step}: saved {path}")
+        if stopping:
+            reason = f"{stop.signal_name} received" if stop.requested else "train.stop_after_steps reached"
+            progress.write(f"{reason}: checkpoint written at step {global_step}; "
+                           "rerun with --resume_from_checkpoint latest to continue.")  # fmt: skip
+            accelerator.end_training()
+            return
+
+    # ---------------------------------------------------------------- final save
+    progress.close()
+    if not (tcfg.checkpoint_every and global_step % tcfg.checkpoint_every == 0):
+        save_checkpoint(accelerator, output_dir, global_step, export, tcfg.checkpoints_total_limit)
+    if accelerator.is_main_process:
+        final = unwrap(accelerator, model)
+        final.save_pretrained(output_dir / "vqvae")
+        log_reconstructions(accelerator, final, grid_pixels, output_dir, global_step)
+        metrics = evaluate_reconstruction(final, eval_loader, accelerator.device,
+                                          max_images=cfg.num_eval_images, checker=checker)  # fmt: skip
+        accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=global_step)
+        metrics_log.write(global_step, {f"eval/{k}": v for k, v in metrics.items()})
+        print(f"final eval: {format_metrics(metrics)}")
+        if data_lib.SKIPPED.count:
+            logger.warning("%d unreadable images were skipped: %s", data_lib.SKIPPED.count,
+                           sorted(data_lib.SKIPPED.reported)[:20])  # fmt: skip
+        logger.info("Exported the model to %s", output_dir / "vqvae")
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    main()

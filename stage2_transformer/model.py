@@ -1,0 +1,145 @@
+"""The stage-2 model: a decoder-only transformer (transformers' Llama) over the sequence layout's vocabulary.
+
+Built from a config with random weights (never pretrained), sized by ``TransformerConfig``. A saved
+model folder holds ``config.json`` + ``model.safetensors`` (``save_pretrained``) and
+``sequence_layout.json``, so sampling needs only the folder.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+
+from .layout import LAYOUT_FILE, SequenceLayout
+
+
+@dataclass
+class TransformerConfig:
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int | None = None  # None: Llama-style 8/3 * hidden, rounded up to a multiple of 32
+    dropout: float = 0.0  # attention dropout (Llama has no residual or embedding dropout)
+    rope_theta: float = 10000.0
+    tie_word_embeddings: bool = False
+    initializer_range: float = 0.02
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self):
+        for name in ("hidden_size", "num_layers", "num_heads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TransformerConfig.{name} must be positive, got {getattr(self, name)}.")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"TransformerConfig.hidden_size={self.hidden_size} must be divisible by num_heads={self.num_heads}."
+            )
+        if (self.hidden_size // self.num_heads) % 2:
+            raise ValueError(
+                f"The head size hidden_size/num_heads={self.hidden_size // self.num_heads} must be even (RoPE)."
+            )
+        if self.intermediate_size is not None and self.intermediate_size < 1:
+            raise ValueError(
+                f"TransformerConfig.intermediate_size must be positive, got {self.intermediate_size}."
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"TransformerConfig.dropout must be in [0, 1), got {self.dropout}.")
+        if self.rope_theta <= 0:
+            raise ValueError(f"TransformerConfig.rope_theta must be positive, got {self.rope_theta}.")
+
+    @property
+    def mlp_size(self) -> int:
+        if self.intermediate_size is not None:
+            return self.intermediate_size
+        return 32 * math.ceil(8 * self.hidden_size / 3 / 32)  # SwiGLU: about as many weights as a 4x MLP
+
+
+def build_transformer(cfg: TransformerConfig, layout: SequenceLayout) -> PreTrainedModel:
+    """A randomly initialised ``LlamaForCausalLM`` for ``layout`` (vocabulary and sequence length)."""
+    config = LlamaConfig(
+        vocab_size=layout.vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.mlp_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,
+        max_position_embeddings=layout.seq_len,
+        rope_parameters={"rope_type": "default", "rope_theta": float(cfg.rope_theta)},
+        attention_dropout=float(cfg.dropout),
+        tie_word_embeddings=cfg.tie_word_embeddings,
+        initializer_range=cfg.initializer_range,
+        # No pad_token_id: it would freeze the PAD embedding at zero (nn.Embedding padding_idx), and the
+        # all-PAD caption is the learned unconditional input of classifier-free guidance.
+        pad_token_id=None,
+        bos_token_id=layout.boi_id,
+        eos_token_id=None,
+        attn_implementation="sdpa",
+    )
+    model = LlamaForCausalLM(config)
+    if cfg.gradient_checkpointing:  # renamed in transformers 5.x; train with use_cache=False
+        enable = (
+            getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        )
+        enable()
+    return model
+
+
+def save_transformer(model: PreTrainedModel, layout: SequenceLayout, out_dir: str | Path) -> Path:
+    """Save weights (safetensors) + ``config.json`` + ``sequence_layout.json`` to ``out_dir``."""
+    if model.config.vocab_size != layout.vocab_size:
+        raise ValueError(
+            f"The model's vocabulary ({model.config.vocab_size}) does not match the layout's ({layout.vocab_size})."
+        )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)  # transformers 5 always writes safetensors
+    layout.save(out_dir)
+    return out_dir
+
+
+def load_transformer(
+    path: str | Path, torch_dtype: torch.dtype | None = None
+) -> tuple[PreTrainedModel, SequenceLayout]:
+    """Load a folder written by ``save_transformer``: (model in eval mode, its sequence layout). Offline only."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"Stage-2 model folder {path} does not exist.")
+    missing = [name for name in ("config.json", LAYOUT_FILE) if not (path / name).is_file()]
+    if not any(path.glob("*.safetensors")):
+        missing.append("model.safetensors")
+    if missing:
+        present = sorted(p.name for p in path.iterdir())[:20]
+        raise FileNotFoundError(
+            f"{path} is not a stage-2 model folder: missing {missing} (it holds {present}). "
+            "Save models with save_transformer()."
+        )
+    layout = SequenceLayout.load(path)
+    kwargs = {} if torch_dtype is None else {"dtype": torch_dtype}
+    model = AutoModelForCausalLM.from_pretrained(
+        path,
+        local_files_only=True,
+        trust_remote_code=False,
+        use_safetensors=True,
+        attn_implementation="sdpa",
+        **kwargs,
+    )
+    if model.config.vocab_size != layout.vocab_size:
+        raise ValueError(
+            f"{path}: config.json has vocab_size={model.config.vocab_size} but {LAYOUT_FILE} implies "
+            f"{layout.vocab_size}."
+        )
+    if model.config.max_position_embeddings < layout.seq_len:
+        raise ValueError(
+            f"{path}: the model has {model.config.max_position_embeddings} positions but the layout needs "
+            f"{layout.seq_len}."
+        )
+    model.eval()
+    return model, layout
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Number of distinct parameters (tied weights counted once)."""
+    return sum(p.numel() for p in model.parameters())  # parameters() already yields a tied weight once

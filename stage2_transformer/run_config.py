@@ -1,0 +1,72 @@
+"""The stage-2 run config: data, the stage-1 model, tokenizer, transformer, loss, sampling, training."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from minidalle.data import DataConfig
+from minidalle.training import TrainConfig
+from stage2_transformer.model import TransformerConfig
+
+
+@dataclass
+class TokenizerConfig:
+    path: str | None = None  # an existing tokenizer folder; None trains byte-level BPE on the captions
+    vocab_size: int = 1024
+    text_len: int = 16  # caption tokens per sequence (longer captions are truncated with a warning)
+
+    def __post_init__(self) -> None:
+        if self.text_len < 1:
+            raise ValueError(f"tokenizer.text_len must be >= 1, got {self.text_len}.")
+        if self.vocab_size < 258:
+            raise ValueError(
+                f"tokenizer.vocab_size must be >= 258 (256 bytes + 2 specials), got {self.vocab_size}."
+            )
+
+
+@dataclass
+class LossConfig:
+    text_weight: float = 0.125  # DALL-E: 1/8 text, 7/8 image
+    image_weight: float = 0.875
+    caption_dropout: float = 0.1  # fraction of captions replaced by the empty caption (for CFG)
+
+    def __post_init__(self) -> None:
+        if self.text_weight < 0 or self.image_weight <= 0:
+            raise ValueError("loss.text_weight must be >= 0 and loss.image_weight > 0.")
+        if not 0 <= self.caption_dropout < 1:
+            raise ValueError(f"loss.caption_dropout must lie in [0, 1), got {self.caption_dropout}.")
+
+
+@dataclass
+class CodesConfig:
+    cache_dir: str = "data/codes"  # pre-encoded codes, keyed by stage-1 model, tokenizer and data
+    train_path: str | None = None  # or: a folder of codes written earlier (checked against `vqvae`)
+    eval_path: str | None = None
+    batch_size: int = 256  # images per stage-1 forward pass while pre-encoding
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"codes.batch_size must be >= 1, got {self.batch_size}.")
+
+
+@dataclass
+class SamplingConfig:
+    num_captions: int = 8  # fixed validation captions sampled every train.image_every steps
+    images_per_caption: int = 2
+    guidance_scale: float = 3.0
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+
+
+@dataclass
+class Stage2RunConfig:
+    vqvae: str = "outputs/stage1_tiny/vqvae"  # the trained stage-1 model folder
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: TransformerConfig = field(default_factory=TransformerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    codes: CodesConfig = field(default_factory=CodesConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    num_eval_examples: int = 512  # held-out pairs for validation loss / bits per image

@@ -1,0 +1,232 @@
+"""Sampling image codes from the stage-2 model, and scoring them (log-likelihood, for bits per image).
+
+Only image codes are ever sampled: the next-token logits are cut to the K image-code columns before
+guidance, temperature, top-k and top-p. Classifier-free guidance runs the conditional and the
+unconditional (all-PAD caption) halves in one batched forward pass and mixes them as
+``uncond + scale * (cond - uncond)``; with ``guidance_scale == 1`` the unconditional half is not run.
+
+Randomness: ``generator`` is ``None`` (global RNG), one ``torch.Generator`` for the whole batch, or a list
+of B generators, one per sample. With a list, each sample draws only from its own stream, so a batch of
+prompts gives the same codes as the same prompts sampled one by one with the same seeds (up to
+floating-point differences between batch sizes in the forward pass, which in practice do not change the
+sampled tokens).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+
+import torch
+from transformers import DynamicCache
+
+from .layout import SequenceLayout
+
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+@torch.no_grad()
+def sample_image_codes(
+    model: torch.nn.Module,
+    layout: SequenceLayout,
+    text_ids: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    guidance_scale: float = 1.0,
+    generator: Generators = None,
+    prefix_codes: torch.Tensor | None = None,
+    on_row: Callable[[int, torch.Tensor], None] | None = None,
+    use_cache: bool = True,
+) -> torch.Tensor:
+    """Sample (B, h, w) image codes in [0, K) for captions ``text_ids`` (B, T).
+
+    ``temperature == 0`` is greedy (argmax, no randomness). ``prefix_codes`` (B, k, w) fixes the first k
+    rows (image completion). ``on_row(row, codes)`` is called after each sampled row with the rows done
+    so far, ``codes`` (B, row + 1, w). ``use_cache=False`` re-runs the whole sequence at every step.
+    """
+    _check_sampling_args(temperature, top_k, top_p, guidance_scale)
+    device = _model_device(model)
+    text_ids = _check_text_ids(text_ids, layout).to(device)  # (B, T)
+    batch, h, w = text_ids.shape[0], layout.grid_h, layout.grid_w
+    generators = _check_generators(generator, batch)
+    prefix = _check_prefix(prefix_codes, layout, batch).to(device)  # (B, k, w)
+    start = prefix.shape[1] * w  # first code index to sample
+
+    codes = torch.zeros(batch, h * w, dtype=torch.long, device=device)  # (B, N)
+    codes[:, :start] = prefix.reshape(batch, -1)
+    boi = torch.full((batch, 1), layout.boi_id, dtype=torch.long, device=device)  # (B, 1)
+    seq = torch.cat([text_ids, boi, codes[:, :start] + layout.image_offset], dim=1)  # (B, T+1+k*w)
+    guided = guidance_scale != 1.0
+    if guided:  # rows [0, B) conditional, [B, 2B) unconditional
+        empty = layout.empty_caption_ids(batch, device=device)  # (B, T)
+        seq = torch.cat([seq, torch.cat([empty, seq[:, layout.text_len :]], dim=1)], dim=0)  # (2B, P)
+
+    was_training = model.training
+    model.eval()
+    try:
+        cache = DynamicCache(config=model.config) if use_cache else None
+        logits = _last_logits(model, seq, cache)  # (B or 2B, V)
+        for i in range(start, h * w):
+            step = logits[:, layout.image_slice].float()  # (B or 2B, K)
+            if guided:
+                cond, uncond = step[:batch], step[batch:]  # (B, K) each
+                step = uncond + guidance_scale * (cond - uncond)  # (B, K)
+            code = _sample(step, temperature, top_k, top_p, generators)  # (B,)
+            codes[:, i] = code
+            if on_row is not None and (i + 1) % w == 0:
+                on_row((i + 1) // w - 1, codes[:, : i + 1].reshape(batch, -1, w).clone())  # (B, rows, w)
+            if i + 1 == h * w:
+                break
+            token = (code + layout.image_offset).unsqueeze(1)  # (B, 1)
+            if guided:
+                token = torch.cat([token, token], dim=0)  # (2B, 1)
+            if use_cache:
+                logits = _last_logits(model, token, cache)  # (B or 2B, V)
+            else:
+                seq = torch.cat([seq, token], dim=1)  # (B or 2B, P+1)
+                logits = _last_logits(model, seq, None)
+    finally:
+        model.train(was_training)
+    return codes.reshape(batch, h, w)  # (B, h, w)
+
+
+@torch.no_grad()
+def image_token_log_likelihood(
+    model: torch.nn.Module,
+    layout: SequenceLayout,
+    text_ids: torch.Tensor,
+    codes: torch.Tensor,
+    batch_size: int = 32,
+) -> torch.Tensor:
+    """log p(codes | caption) in nats, (B,) float32 on the model's device, over the image-code slice only.
+
+    Bits per image: ``-ll / math.log(2)``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    device = _model_device(model)
+    seq = layout.build(_check_text_ids(text_ids, layout), codes.to(text_ids.device)).to(device)  # (B, L)
+    T, N = layout.text_len, layout.num_image_tokens
+    kwargs = {"use_cache": False}
+    if _accepts(model, "logits_to_keep"):
+        kwargs["logits_to_keep"] = N
+    totals = []
+    was_training = model.training
+    model.eval()
+    try:
+        for chunk in seq.split(batch_size):
+            logits = model(input_ids=chunk[:, :-1], **kwargs).logits[:, -N:]  # (b, N, V): positions T..T+N-1
+            log_probs = logits[..., layout.image_slice].float().log_softmax(-1)  # (b, N, K)
+            targets = chunk[:, T + 1 :] - layout.image_offset  # (b, N)
+            totals.append(log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).sum(-1))  # (b,)
+    finally:
+        model.train(was_training)
+    return torch.cat(totals)  # (B,)
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _sample(
+    logits: torch.Tensor,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    generators: torch.Generator | list[torch.Generator] | None,
+) -> torch.Tensor:
+    """One code per row from float32 ``logits`` (B, K) -> (B,)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)  # (B,)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)  # (B, K) each
+        sorted_probs = sorted_logits.softmax(dim=-1)
+        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # (B, K): the top token always stays
+        sorted_logits = sorted_logits.masked_fill(mass_before > top_p, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(dim=-1)  # (B, K)
+    if isinstance(generators, list):  # one stream per sample
+        picks = [
+            torch.multinomial(probs[b : b + 1].to(g.device), 1, generator=g).to(probs.device)
+            for b, g in enumerate(generators)
+        ]
+        return torch.cat(picks).squeeze(1)  # (B,)
+    sample_device = probs.device if generators is None else generators.device
+    return torch.multinomial(probs.to(sample_device), 1, generator=generators).to(probs.device).squeeze(1)
+
+
+def _last_logits(model: torch.nn.Module, input_ids: torch.Tensor, cache: DynamicCache | None) -> torch.Tensor:
+    """Next-token logits (B, V) after ``input_ids`` (B, L); extends ``cache`` in place when given."""
+    kwargs = {"use_cache": cache is not None}
+    if cache is not None:
+        # transformers >= 5.24 names the argument `cache`; earlier 5.x releases `past_key_values`.
+        kwargs["cache" if _accepts(model, "cache") else "past_key_values"] = cache
+    if _accepts(model, "logits_to_keep"):
+        kwargs["logits_to_keep"] = 1  # the lm_head runs on the last position only
+    return model(input_ids=input_ids, **kwargs).logits[:, -1]  # (B, V)
+
+
+_SIGNATURES: dict[type, set[str]] = {}
+
+
+def _accepts(model: torch.nn.Module, name: str) -> bool:
+    params = _SIGNATURES.get(type(model))
+    if params is None:
+        params = _SIGNATURES[type(model)] = set(inspect.signature(model.forward).parameters)
+    return name in params
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _check_sampling_args(temperature, top_k, top_p, guidance_scale) -> None:
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}.")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}.")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}.")
+    if guidance_scale < 0:
+        raise ValueError(f"guidance_scale must be >= 0 (1 = no guidance), got {guidance_scale}.")
+
+
+def _check_text_ids(text_ids: torch.Tensor, layout: SequenceLayout) -> torch.Tensor:
+    if not isinstance(text_ids, torch.Tensor) or text_ids.dim() != 2 or text_ids.shape[1] != layout.text_len:
+        shape = tuple(text_ids.shape) if isinstance(text_ids, torch.Tensor) else type(text_ids).__name__
+        raise ValueError(f"text_ids must be a (B, {layout.text_len}) tensor, got {shape}.")
+    if text_ids.shape[0] == 0:
+        raise ValueError("text_ids holds no captions (batch size 0).")
+    layout._check_range(text_ids, layout.text_vocab_size, "text_ids")
+    return text_ids.long()
+
+
+def _check_generators(generator: Generators, batch: int) -> torch.Generator | list[torch.Generator] | None:
+    if generator is None or isinstance(generator, torch.Generator):
+        return generator
+    generators = list(generator)
+    if len(generators) != batch or not all(isinstance(g, torch.Generator) for g in generators):
+        raise ValueError(
+            f"generator must be None, one torch.Generator, or a list of {batch} generators (one per "
+            f"caption); got {len(generators)} items."
+        )
+    return generators
+
+
+def _check_prefix(prefix: torch.Tensor | None, layout: SequenceLayout, batch: int) -> torch.Tensor:
+    if prefix is None:
+        return torch.zeros(batch, 0, layout.grid_w, dtype=torch.long)  # (B, 0, w)
+    if prefix.dim() != 3 or prefix.shape[0] != batch or prefix.shape[2] != layout.grid_w:
+        raise ValueError(
+            f"prefix_codes must have shape (B={batch}, k, w={layout.grid_w}), got {tuple(prefix.shape)}."
+        )
+    if prefix.shape[1] > layout.grid_h:
+        raise ValueError(f"prefix_codes has {prefix.shape[1]} rows but the grid has only {layout.grid_h}.")
+    layout._check_range(prefix, layout.codebook_size, "prefix_codes")
+    return prefix.long()

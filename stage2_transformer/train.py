@@ -1,0 +1,340 @@
+"""Train the stage-2 transformer: the prior p(image codes | caption).
+
+    accelerate launch stage2_transformer/train.py --config configs/stage2_tiny.yaml [--train.max_steps 100 ...]
+
+Sequence per pair: [caption tokens, padded to text_len | <boi> | h*w image codes in raster order].
+Before training, every image is encoded once by the frozen stage-1 model (``vqvae``) and stored.
+Writes under ``train.output_dir``: the caption tokenizer (``tokenizer/``), TensorBoard logs, sample
+grids for fixed validation captions (``images/``), checkpoints that are also loadable models, and the
+final model (``transformer/``) with its sequence layout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from minidalle import data as data_lib
+from minidalle.config import parse_config
+from minidalle.images import captioned_grid, to_chw_uint8
+from minidalle.training import (
+    GracefulStop,
+    MetricsLog,
+    NonFiniteGuard,
+    checkpoint_step,
+    cosine_with_warmup,
+    flat_config,
+    format_metrics,
+    infinite_batches,
+    prepare_output_dir,
+    resolve_resume,
+    save_checkpoint,
+    step_generator,
+    unwrap,
+)
+from stage1_vqvae.model import VQVAE
+from stage2_transformer.evaluation import evaluate_prior, sample_images, score_samples
+from stage2_transformer.layout import SequenceLayout
+from stage2_transformer.loss import weighted_lm_loss
+from stage2_transformer.model import build_transformer, count_parameters, save_transformer
+from stage2_transformer.precompute import (
+    CodesMismatchError,
+    load_codes_dir,
+    precompute_codes,
+    vqvae_fingerprint,
+)
+from stage2_transformer.run_config import Stage2RunConfig
+from stage2_transformer.tokenizer import load_caption_tokenizer, train_caption_tokenizer
+
+logger = logging.getLogger("stage2_transformer.train")
+STAGE1_RECORD = "stage1.json"
+
+
+def check_stage1_matches_run(output_dir: Path, vqvae_dir: str, fingerprint: str, codebook_size: int) -> None:
+    """A resumed run must keep the stage-1 model it started with: its codes are what it learned."""
+    record_path = output_dir / STAGE1_RECORD
+    if not record_path.is_file():
+        return
+    record = json.loads(record_path.read_text())
+    if record["fingerprint"] != fingerprint or record["codebook_size"] != codebook_size:
+        raise CodesMismatchError(
+            f"This run was trained on codes from the stage-1 model {record['path']!r} (fingerprint "
+            f"{record['fingerprint']}, {record['codebook_size']} codes), but `vqvae` now points at {vqvae_dir!r} "
+            f"(fingerprint {fingerprint}, {codebook_size} codes). Point `vqvae` back at the original model, or "
+            "start a new run in another train.output_dir."
+        )
+
+
+def load_tokenizer(cfg: Stage2RunConfig, accelerator, output_dir: Path, train_hf):
+    """An existing tokenizer (tokenizer.path), the run's own (resume), or byte-level BPE trained now."""
+    run_tokenizer = output_dir / "tokenizer"
+    if cfg.tokenizer.path:
+        return load_caption_tokenizer(cfg.tokenizer.path), Path(cfg.tokenizer.path)
+    if accelerator.is_main_process and not (run_tokenizer / "tokenizer.json").is_file():
+        captions = (text or "" for text in train_hf["text"])
+        train_caption_tokenizer(captions, cfg.tokenizer.vocab_size, run_tokenizer)
+        logger.info("Trained a byte-level BPE tokenizer on the training captions -> %s", run_tokenizer)
+    accelerator.wait_for_everyone()
+    return load_caption_tokenizer(run_tokenizer), run_tokenizer
+
+
+@torch.no_grad()
+def log_samples(
+    accelerator, model, layout, vqvae, tokenizer, captions, cfg, output_dir: Path, step: int, checker
+):
+    """Sample the fixed validation captions with the KV cache and guidance; save a captioned grid."""
+    s = cfg.sampling
+    repeated = [c for c in captions for _ in range(s.images_per_caption)]
+    images = sample_images(model, layout, vqvae, tokenizer, repeated, guidance_scale=s.guidance_scale,
+                           temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, seed=cfg.train.seed)  # fmt: skip
+    grid = captioned_grid(images, repeated, columns=s.images_per_caption * 4)
+    folder = output_dir / "images"
+    folder.mkdir(exist_ok=True)
+    grid.save(folder / f"samples-{step:06d}.png")
+    (folder / f"samples-{step:06d}.txt").write_text("\n".join(repeated) + "\n")
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.writer.add_image("samples", to_chw_uint8(grid), step)
+            tracker.writer.add_text("sample_captions", "\n\n".join(repeated), step)
+    return score_samples(images, repeated) if checker else {}
+
+
+def main(argv: list[str] | None = None) -> None:
+    # ---------------------------------------------------------------- config and accelerator
+    cfg = parse_config(Stage2RunConfig, argv, description=__doc__)
+    tcfg = cfg.train
+    output_dir = Path(tcfg.output_dir)
+    accelerator = Accelerator(
+        mixed_precision=tcfg.mixed_precision,
+        log_with=None if tcfg.report_to == "none" else tcfg.report_to,
+        project_dir=str(output_dir),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if not accelerator.is_main_process:
+        logging.getLogger().setLevel(logging.WARNING)
+    resuming = tcfg.resume_from_checkpoint is not None
+    resume_path = resolve_resume(output_dir, tcfg.resume_from_checkpoint)
+    if not Path(cfg.vqvae).is_dir():
+        raise FileNotFoundError(
+            f"vqvae={cfg.vqvae!r} is not a folder. Train stage 1 first (accelerate launch stage1_vqvae/train.py "
+            "--config configs/stage1_tiny.yaml) and point vqvae at its <output_dir>/vqvae."
+        )
+    vqvae = VQVAE.from_pretrained(cfg.vqvae, device=accelerator.device).requires_grad_(False)
+    fingerprint = vqvae_fingerprint(cfg.vqvae)
+    check_stage1_matches_run(output_dir, cfg.vqvae, fingerprint, vqvae.config.codebook_size)
+    prepare_output_dir(output_dir, dataclasses.asdict(cfg), resuming, accelerator.is_main_process)
+    if accelerator.is_main_process:
+        record = {
+            "path": str(cfg.vqvae),
+            "fingerprint": fingerprint,
+            "codebook_size": vqvae.config.codebook_size,
+        }
+        (output_dir / STAGE1_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    accelerator.wait_for_everyone()
+    set_seed(tcfg.seed)
+    stop = GracefulStop()
+    cfg.data.resolution = vqvae.config.resolution  # images are tokenized at the stage-1 resolution
+
+    # ---------------------------------------------------------------- data: captions -> ids, images -> codes
+    with accelerator.main_process_first():
+        train_hf, eval_hf = data_lib.load_train_eval(cfg.data, max_eval=cfg.num_eval_examples)
+    tokenizer, tokenizer_dir = load_tokenizer(cfg, accelerator, output_dir, train_hf)
+    codes_sets = {}
+    for split, hf, given in (
+        ("train", train_hf, cfg.codes.train_path),
+        ("validation", eval_hf, cfg.codes.eval_path),
+    ):
+        if given:
+            codes_sets[split], _ = load_codes_dir(given, cfg.vqvae, vqvae.config.codebook_size)
+        else:
+            codes_sets[split] = precompute_codes(
+                hf, vqvae=vqvae, vqvae_dir=cfg.vqvae, tokenizer=tokenizer, tokenizer_dir=tokenizer_dir,
+                text_len=cfg.tokenizer.text_len, cache_root=cfg.codes.cache_dir, split=split,
+                batch_size=cfg.codes.batch_size, accelerator=accelerator,
+            )  # fmt: skip
+    layout = SequenceLayout(
+        text_len=cfg.tokenizer.text_len, text_vocab_size=len(tokenizer), codebook_size=vqvae.config.codebook_size,
+        grid_h=vqvae.config.grid_size, grid_w=vqvae.config.grid_size, pad_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    num_codes = len(codes_sets["train"][0]["codes"])
+    if num_codes != layout.num_image_tokens:
+        raise CodesMismatchError(
+            f"The stored codes hold {num_codes} codes per image but the stage-1 model makes "
+            f"{layout.num_image_tokens} ({layout.grid_h}x{layout.grid_w}). Re-encode with this model."
+        )
+    train_set = codes_sets["train"].with_format("torch", columns=["codes", "text_ids"])
+    eval_captions = list(dict.fromkeys(codes_sets["validation"]["text"]))[: cfg.sampling.num_captions]
+    sampler = data_lib.EpochSampler(len(train_set), seed=tcfg.seed)
+    train_loader = torch.utils.data.DataLoader(
+        train_set,
+        batch_size=tcfg.batch_size,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=cfg.data.num_workers,
+    )
+    checker = cfg.data.source == "builtin"
+
+    # ---------------------------------------------------------------- model and optimizer
+    model = build_transformer(cfg.model, layout)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": tcfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=tcfg.learning_rate, betas=(tcfg.adam_beta1, tcfg.adam_beta2),
+    )  # fmt: skip
+    scheduler = cosine_with_warmup(optimizer, tcfg)  # stepped by us once per optimizer step
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    accelerator.register_for_checkpointing(scheduler)
+    if tcfg.compile:
+        model = torch.compile(model)
+    if accelerator.is_main_process:
+        logger.info("Transformer: %.2fM parameters; sequence %d = %d text + 1 + %d image tokens; vocab %d",
+                    count_parameters(unwrap(accelerator, model)) / 1e6, layout.seq_len, layout.text_len,
+                    layout.num_image_tokens, layout.vocab_size)  # fmt: skip
+        accelerator.init_trackers("stage2_transformer", config=flat_config(cfg))
+
+    def export(folder: Path) -> None:
+        save_transformer(unwrap(accelerator, model), layout, folder / "transformer")
+        tokenizer.save_pretrained(folder / "tokenizer")
+
+    # ---------------------------------------------------------------- resume
+    global_step = 0
+    if resume_path is not None:
+        saved_layout = SequenceLayout.load(resume_path / "transformer")
+        if saved_layout != layout:
+            raise CodesMismatchError(
+                f"The checkpoint's sequence layout {saved_layout} differs from this run's {layout}: the "
+                "tokenizer, text_len or stage-1 model changed. Resume with the original settings."
+            )
+        accelerator.load_state(str(resume_path))
+        global_step = checkpoint_step(resume_path)
+        logger.info("Resumed from %s at step %d", resume_path, global_step)
+    accum = tcfg.gradient_accumulation_steps
+    batches = infinite_batches(accelerator, train_loader, sampler, start_micro_step=global_step * accum)
+
+    # ---------------------------------------------------------------- loop
+    guard = NonFiniteGuard(tcfg.max_nonfinite_steps)
+    metrics_log = MetricsLog(output_dir, accelerator.is_main_process)
+    progress = tqdm(total=tcfg.max_steps, initial=global_step, disable=not accelerator.is_main_process,
+                    desc="stage 2", dynamic_ncols=True)  # fmt: skip
+    running: dict[str, float] = {}
+    tokens_seen, window_start = 0, time.perf_counter()
+    model.train()
+    while global_step < tcfg.max_steps:
+        for micro in range(accum):
+            _, batch = next(batches)
+            codes = batch["codes"].long()  # (B, h*w)
+            text_ids = batch["text_ids"].long()  # (B, T)
+            # Caption dropout: the empty caption is the unconditional input of classifier-free guidance.
+            # The draw depends only on (seed, step, rank, micro-step), so a resumed run makes the same draws.
+            generator = step_generator(tcfg.seed, global_step, 1 + accelerator.process_index * accum + micro)
+            drop = torch.rand(text_ids.shape[0], generator=generator) < cfg.loss.caption_dropout  # (B,)
+            text_ids[drop.to(text_ids.device)] = layout.pad_id
+            seq = layout.build(text_ids, codes)  # (B, L)
+            sync_context = accelerator.no_sync(model) if micro < accum - 1 else contextlib.nullcontext()
+            with sync_context, accelerator.autocast():
+                logits = model(input_ids=seq[:, :-1], use_cache=False).logits  # (B, L-1, V)
+                loss, parts = weighted_lm_loss(
+                    logits, seq, layout, cfg.loss.text_weight, cfg.loss.image_weight
+                )
+                accelerator.backward(loss / accum)
+            for key in ("text_loss", "image_loss"):
+                running[key] = running.get(key, 0.0) + float(parts[key]) / accum
+            running["caption_dropout"] = (
+                running.get("caption_dropout", 0.0) + drop.float().mean().item() / accum
+            )
+            tokens_seen += seq.numel() * accelerator.num_processes
+        max_norm = tcfg.max_grad_norm if tcfg.max_grad_norm > 0 else math.inf
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+        if guard.check(accelerator, loss, None if tcfg.mixed_precision == "fp16" else grad_norm):
+            optimizer.step()
+        else:
+            logger.warning("Non-finite loss or gradient at step %d: step skipped (%d in a row, %d total).",
+                           global_step + 1, guard.in_a_row, guard.total_skipped)  # fmt: skip
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        global_step += 1
+        progress.update(1)
+        running["grad_norm"] = running.get("grad_norm", 0.0) + float(grad_norm)
+
+        if guard.exhausted:
+            save_checkpoint(accelerator, output_dir, global_step, export, tcfg.checkpoints_total_limit,
+                            extra={"reason": "non-finite"})  # fmt: skip
+            accelerator.end_training()
+            sys.exit(f"Stopping: {guard.in_a_row} non-finite steps in a row (lower train.learning_rate, "
+                     f"or use bf16 rather than fp16). Last good state saved in {output_dir}.")  # fmt: skip
+
+        # ------------------------------------------------------------ logging, eval, samples
+        if global_step % tcfg.log_every == 0:
+            elapsed = time.perf_counter() - window_start
+            metrics = {k: v / tcfg.log_every for k, v in running.items()}
+            metrics.update(lr=scheduler.get_last_lr()[0], tokens_per_s=tokens_seen / max(elapsed, 1e-9),
+                           skipped_steps=guard.total_skipped)  # fmt: skip
+            accelerator.log({f"train/{k}": v for k, v in metrics.items()}, step=global_step)
+            metrics_log.write(global_step, {f"train/{k}": v for k, v in metrics.items()})
+            progress.set_postfix(
+                image_loss=f"{metrics['image_loss']:.3f}", text_loss=f"{metrics['text_loss']:.3f}"
+            )
+            running, tokens_seen, window_start = {}, 0, time.perf_counter()
+        if tcfg.eval_every and global_step % tcfg.eval_every == 0 and accelerator.is_main_process:
+            metrics = evaluate_prior(
+                unwrap(accelerator, model), layout, codes_sets["validation"], cfg.num_eval_examples
+            )
+            accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=global_step)
+            metrics_log.write(global_step, {f"eval/{k}": v for k, v in metrics.items()})
+            progress.write(f"step {global_step}: eval {format_metrics(metrics)}")
+        if tcfg.image_every and global_step % tcfg.image_every == 0 and accelerator.is_main_process:
+            scores = log_samples(accelerator, unwrap(accelerator, model), layout, vqvae, tokenizer, eval_captions,
+                                 cfg, output_dir, global_step, checker)  # fmt: skip
+            if scores:
+                accelerator.log({f"samples/{k}": v for k, v in scores.items()}, step=global_step)
+                metrics_log.write(global_step, {f"samples/{k}": v for k, v in scores.items()})
+        model.train()
+
+        # ------------------------------------------------------------ checkpoints and signals
+        stopping = stop.should_stop(accelerator) or global_step == tcfg.stop_after_steps
+        if stopping or (tcfg.checkpoint_every and global_step % tcfg.checkpoint_every == 0):
+            path = save_checkpoint(accelerator, output_dir, global_step, export, tcfg.checkpoints_total_limit)
+            progress.write(f"step {global_step}: saved {path}")
+        if stopping:
+            reason = f"{stop.signal_name} received" if stop.requested else "train.stop_after_steps reached"
+            progress.write(f"{reason}: checkpoint written at step {global_step}; "
+                           "rerun with --resume_from_checkpoint latest to continue.")  # fmt: skip
+            accelerator.end_training()
+            return
+
+    # ---------------------------------------------------------------- final save
+    progress.close()
+    if not (tcfg.checkpoint_every and global_step % tcfg.checkpoint_every == 0):
+        save_checkpoint(accelerator, output_dir, global_step, export, tcfg.checkpoints_total_limit)
+    if accelerator.is_main_process:
+        final = unwrap(accelerator, model)
+        save_transformer(final, layout, output_dir / "transformer")
+        metrics = evaluate_prior(final, layout, codes_sets["validation"], cfg.num_eval_examples)
+        accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=global_step)
+        metrics_log.write(global_step, {f"eval/{k}": v for k, v in metrics.items()})
+        print(f"final eval: {format_metrics(metrics)}")
+        if tcfg.image_every:
+            scores = log_samples(accelerator, final, layout, vqvae, tokenizer, eval_captions, cfg, output_dir,
+                                 global_step, checker)  # fmt: skip
+            if scores:
+                metrics_log.write(global_step, {f"samples/{k}": v for k, v in scores.items()})
+                print(f"final samples: {format_metrics(scores)}")
+        logger.info("Exported the transformer to %s and the tokenizer to %s", output_dir / "transformer",
+                    output_dir / "tokenizer")  # fmt: skip
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    main()

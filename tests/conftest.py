@@ -1,0 +1,36 @@
+"""Shared test helpers: launching the real entry points and a small built-in dataset cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def launch(script: str, *args: str, expect_ok: bool = True, timeout: int = 600, env: dict | None = None):
+    """Run ``accelerate launch <script> args`` the way a user does; returns the CompletedProcess."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / script), *args]  # fmt: skip
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full_env)
+    if expect_ok and result.returncode != 0:
+        raise AssertionError(
+            f"{script} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
+        )
+    return result
+
+
+def read_metrics(output_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="session")
+def shapes_cache(tmp_path_factory) -> Path:
+    """A folder that caches the built-in dataset across the tests of one session."""
+    return tmp_path_factory.mktemp("builtin_shapes")

@@ -1,0 +1,164 @@
+"""The VQ-VAE model: shapes, gradient paths through the quantizer, and save/load round trips."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from minidalle.config import ConfigError
+from stage1_vqvae.config import VQVAEConfig
+from stage1_vqvae.model import VQVAE, psnr
+from stage1_vqvae.quantizer import VectorQuantizer
+
+
+def tiny_config(**overrides) -> VQVAEConfig:
+    values = dict(
+        resolution=32, base_channels=16, channel_multipliers=[1, 2, 2], codebook_size=64, codebook_dim=4
+    )
+    values.update(overrides)
+    return VQVAEConfig(**values)
+
+
+@pytest.mark.parametrize("multipliers,grid", [([1, 2, 2], 8), ([1, 2], 16), ([1, 1, 2, 2], 4)])
+def test_encoder_output_shapes(multipliers, grid):
+    model = VQVAE(tiny_config(channel_multipliers=multipliers))
+    pixels = torch.rand(3, 3, 32, 32) * 2 - 1
+    out = model(pixels)
+    assert out.z_e.shape == (3, 4, grid, grid)
+    assert out.codes.shape == (3, grid, grid) and out.codes.dtype == torch.int64
+    assert out.reconstruction.shape == pixels.shape
+    assert model.encode(pixels).shape == (3, grid, grid)
+    # Non-square and other-resolution inputs work too: the model is convolutional.
+    assert model.encode(torch.zeros(1, 3, 64, 32)).shape == (1, 64 // (32 // grid), 32 // (32 // grid))
+
+
+def test_codes_are_nearest_codebook_entries():
+    quantizer = VectorQuantizer(codebook_size=16, codebook_dim=3, l2_normalize=False)
+    z_e = torch.randn(2, 3, 4, 4)
+    codes = quantizer(z_e).codes  # (2, 4, 4)
+    flat = z_e.permute(0, 2, 3, 1).reshape(-1, 3)
+    brute = torch.cdist(flat, quantizer.codebook.weight).argmin(1)
+    assert torch.equal(codes.flatten(), brute)
+
+
+def test_gradients_reach_encoder_through_quantizer():
+    model = VQVAE(tiny_config())
+    pixels = torch.rand(2, 3, 32, 32) * 2 - 1
+    out = model(pixels)
+    # Reconstruction loss alone: its gradient must cross the argmin (straight-through) into the encoder.
+    torch.nn.functional.mse_loss(out.reconstruction, pixels).backward()
+    first_conv = model.encoder.net[0].weight
+    assert first_conv.grad is not None and first_conv.grad.abs().sum() > 0
+    # ... and it does not move the codebook (only the codebook loss does).
+    assert (
+        model.quantizer.codebook.weight.grad is None or model.quantizer.codebook.weight.grad.abs().sum() == 0
+    )
+
+
+@pytest.mark.parametrize("l2", [True, False])
+def test_codebook_loss_moves_only_codebook_and_commitment_only_encoder(l2):
+    model = VQVAE(tiny_config(l2_normalize=l2))
+    pixels = torch.rand(2, 3, 32, 32) * 2 - 1
+
+    out = model(pixels)
+    out.quantizer.codebook_loss.backward()
+    assert model.quantizer.codebook.weight.grad.abs().sum() > 0
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.encoder.parameters())
+    assert all(p.grad is None for p in model.decoder.parameters())
+
+    model.zero_grad(set_to_none=True)
+    out = model(pixels)
+    out.quantizer.commitment_loss.backward()
+    assert (
+        model.quantizer.codebook.weight.grad is None or model.quantizer.codebook.weight.grad.abs().sum() == 0
+    )
+    assert model.encoder.net[0].weight.grad.abs().sum() > 0
+
+
+def test_beta_weights_the_commitment_term_only():
+    model = VQVAE(tiny_config(beta=0.7))
+    pixels = torch.rand(2, 3, 32, 32) * 2 - 1
+    out = model(pixels)
+    expected = out.quantizer.codebook_loss + 0.7 * out.quantizer.commitment_loss
+    assert torch.allclose(out.quantizer.loss(model.config.beta), expected)
+
+
+def test_encode_decode_round_trip_is_consistent():
+    torch.manual_seed(0)
+    model = VQVAE(tiny_config()).eval()
+    pixels = torch.rand(2, 3, 32, 32) * 2 - 1
+    out = model(pixels)
+    codes = model.encode(pixels)
+    assert torch.equal(codes, out.codes)
+    decoded = model.decode_codes(codes)
+    assert torch.allclose(decoded, out.reconstruction.clamp(-1, 1), atol=1e-5)
+    # decoding then re-encoding is stable for the codes themselves
+    assert model.decode_codes(codes).shape == pixels.shape
+    with pytest.raises(ValueError, match="Codes must lie in"):
+        model.decode_codes(torch.full((1, 8, 8), 64))
+
+
+def test_save_load_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = VQVAE(tiny_config()).eval()
+    model.quantizer.usage.fill_(3.0)
+    model.save_pretrained(tmp_path / "vqvae")
+    assert sorted(p.name for p in (tmp_path / "vqvae").iterdir()) == ["config.json", "model.safetensors"]
+    config = json.loads((tmp_path / "vqvae" / "config.json").read_text())
+    assert config["codebook_size"] == 64 and config["model_type"] == "minidalle-vqvae"
+    loaded = VQVAE.from_pretrained(tmp_path / "vqvae")
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    pixels = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert torch.equal(model.encode(pixels), loaded.encode(pixels))
+
+
+def test_from_pretrained_errors_are_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        VQVAE.from_pretrained(tmp_path / "nope")
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="missing model.safetensors"):
+        VQVAE.from_pretrained(tmp_path / "half")
+    VQVAE(tiny_config()).save_pretrained(tmp_path / "ok")
+    config = json.loads((tmp_path / "ok" / "config.json").read_text())
+    config["codebok_size"] = config.pop("codebook_size")
+    (tmp_path / "ok" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="codebook_size"):
+        VQVAE.from_pretrained(tmp_path / "ok")
+
+
+def test_dead_codes_are_restarted_onto_encoder_outputs():
+    quantizer = VectorQuantizer(codebook_size=8, codebook_dim=2, l2_normalize=False)
+    quantizer.usage.copy_(torch.tensor([5.0, 5.0, 0.0, 0.0, 5.0, 5.0, 5.0, 0.0]))
+    z_e = torch.full((1, 2, 2, 2), 3.0)
+    restarted = quantizer.restart_dead_codes(z_e, threshold=1.0, generator=torch.Generator().manual_seed(0))
+    assert restarted == 3
+    assert torch.allclose(quantizer.codebook.weight[[2, 3, 7]], torch.full((3, 2), 3.0))
+    assert (quantizer.usage >= 1.0).all()
+
+
+def test_kmeans_init_uses_all_codes_on_clustered_data():
+    quantizer = VectorQuantizer(codebook_size=4, codebook_dim=2, l2_normalize=True)
+    angles = torch.tensor([0.0, 1.5, 3.0, 4.5]).repeat_interleave(50) + 0.01 * torch.randn(200)
+    points = torch.stack([angles.cos(), angles.sin()], 1)  # (200, 2)
+    z_e = points.T.reshape(1, 2, 10, 20)
+    quantizer.kmeans_init(z_e, generator=torch.Generator().manual_seed(0))
+    codes = quantizer(z_e).codes
+    assert codes.unique().numel() == 4
+
+
+def test_psnr():
+    a = torch.zeros(1, 3, 4, 4)
+    assert psnr(a, a).item() > 90
+    b = a + 0.2  # mse 0.04 on a peak-to-peak range of 2 -> 10 log10(4 / 0.04) = 20 dB
+    assert abs(psnr(b, a).item() - 20.0) < 1e-4
+
+
+def test_invalid_config_is_rejected():
+    with pytest.raises(ValueError, match="not divisible"):
+        VQVAEConfig(resolution=36, channel_multipliers=[1, 2, 2, 2])
+    with pytest.raises(ValueError, match="codebook_size"):
+        VQVAEConfig(codebook_size=1)
