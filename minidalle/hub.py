@@ -46,12 +46,17 @@ class PretrainedMixin:
     config_class: ClassVar[type]
     model_type: ClassVar[str]
 
-    def save_pretrained(self, save_directory: str | Path) -> Path:
+    def save_pretrained(
+        self, save_directory: str | Path, state_dict: dict[str, torch.Tensor] | None = None
+    ) -> Path:
+        """Write ``config.json`` + ``model.safetensors``. ``state_dict`` replaces the module's own weights
+        (e.g. the full weights gathered from a sharded FSDP/DeepSpeed model)."""
         out = Path(save_directory)
         out.mkdir(parents=True, exist_ok=True)
         config = {"model_type": self.model_type, **dataclasses.asdict(self.config)}
         (out / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        state_dict = self.state_dict() if state_dict is None else state_dict
+        state = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
         save_file(state, str(out / WEIGHTS_NAME), metadata={"format": "pt", "model_type": self.model_type})
         return out
 

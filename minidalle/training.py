@@ -4,11 +4,17 @@ Checkpoints are folders ``<output_dir>/checkpoints/checkpoint-<step>``, written 
 ``accelerator.save_state`` (which knows DDP, FSDP and DeepSpeed) plus an exported, loadable model.
 A checkpoint is written to ``checkpoint-<step>.tmp`` and renamed only once complete, with a marker
 file inside; a run killed mid-write leaves a ``.tmp`` folder that is never picked as latest and
-never causes an older, good checkpoint to be deleted.
+never causes an older, good checkpoint to be deleted. The marker records the step, the number of
+processes and (when every process holds the whole model) a digest of each process's weights, which
+must all be equal.
+
+Test hooks: ``MINIDALLE_FAULTS`` (see ``fault_active``) injects faults at named places, e.g. a SIGKILL
+between writing a checkpoint and renaming it, or a NaN loss at given steps. Real runs never set it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -24,6 +30,8 @@ from pathlib import Path
 import torch
 
 logger = logging.getLogger(__name__)
+
+FAULTS_ENV = "MINIDALLE_FAULTS"
 
 COMPLETE_MARKER = "checkpoint_complete.json"
 RUN_CONFIG = "run_config.json"
@@ -108,19 +116,30 @@ def cosine_with_warmup(
 
 
 def prepare_output_dir(output_dir: str | Path, run_config: dict, resuming: bool, is_main: bool) -> Path:
-    """Refuse to write into a folder that holds another run, unless resuming it."""
+    """Refuse to write into a folder that holds another run, unless resuming it.
+
+    A folder holds a run once training has logged or checkpointed anything; one left by a launch that
+    stopped at a configuration or data error (only ``run_config.json``) is reused.
+    """
     out = Path(output_dir)
     saved = out / RUN_CONFIG
-    if not resuming and (saved.exists() or list_checkpoints(out)):
+    if not resuming and holds_run(out):
         raise FileExistsError(
             f"Output folder {str(out)!r} already holds a run. Pass --resume_from_checkpoint latest to "
             "continue it, or choose another --train.output_dir."
         )
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
-        if not saved.exists():
+        if not (resuming and saved.exists()):
             saved.write_text(json.dumps(run_config, indent=2, sort_keys=True) + "\n")
     return out
+
+
+def holds_run(output_dir: str | Path) -> bool:
+    out = Path(output_dir)
+    root = checkpoints_root(out)
+    started = root.is_dir() and any(root.glob("checkpoint-*"))
+    return started or (out / "metrics.jsonl").is_file()
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -174,8 +193,14 @@ def save_checkpoint(
     export: Callable[[Path], None],
     limit: int,
     extra: dict | None = None,
+    model: torch.nn.Module | None = None,
 ) -> Path:
-    """Write a complete checkpoint atomically. Must be called on every process."""
+    """Write a complete checkpoint atomically. Must be called on every process.
+
+    ``export(folder)`` is called on every process too (gathering a sharded model's weights is a
+    collective under FSDP and ZeRO-3) and must write only on the main process: see ``export_state_dict``.
+    With ``model`` given, the marker holds each process's weight digest (``rank_param_digests``).
+    """
     root = checkpoints_root(output_dir)
     final = root / f"checkpoint-{step}"
     tmp = root / f"checkpoint-{step}.tmp"
@@ -185,11 +210,22 @@ def save_checkpoint(
             shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=True)
+    fault_point("checkpoint_after_state", step)
+    export(tmp)  # the loadable model (config.json + model.safetensors) inside the checkpoint
+    marker = {"step": step, "time": time.time(), "world_size": accelerator.num_processes,
+              "distributed_type": str(accelerator.distributed_type.value), **(extra or {})}  # fmt: skip
+    if model is not None and not params_sharded(accelerator):
+        from accelerate.utils import gather_object
+
+        digests = gather_object([parameter_digest(unwrap(accelerator, model))])
+        marker["rank_param_digests"] = digests
+        if len(set(digests)) > 1:
+            logger.error("The processes' weights differ at step %d (digests %s): data-parallel training "
+                         "has diverged; this is a bug, please report it.", step, digests)  # fmt: skip
     if accelerator.is_main_process:
-        export(tmp)  # the loadable model (config.json + model.safetensors) inside the checkpoint
-        marker = {"step": step, "time": time.time(), **(extra or {})}
         (tmp / COMPLETE_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         _fsync_tree(tmp)
+        fault_point("checkpoint_before_rename", step)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -210,7 +246,104 @@ def _fsync_tree(folder: Path) -> None:
                 os.fsync(f.fileno())
 
 
+def read_marker(checkpoint: Path) -> dict:
+    return json.loads((checkpoint / COMPLETE_MARKER).read_text())
+
+
+def parameter_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of every weight and buffer, bit for bit: equal digests mean identical models."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- engines (DDP, FSDP, DeepSpeed)
+
+
+def params_sharded(accelerator) -> bool:
+    """True when no process holds the whole model (FSDP, DeepSpeed ZeRO-3): its forward is collective."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return True
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        return accelerator.state.deepspeed_plugin.zero_stage == 3
+    return False
+
+
+def export_state_dict(accelerator, model: torch.nn.Module) -> dict | None:
+    """The whole model's weights, for ``save_pretrained``, on the main process (None elsewhere).
+
+    Call on every process: under FSDP and ZeRO-3 the shards are gathered (a collective). Without
+    sharding it is the unwrapped model's own state dict.
+    """
+    state = accelerator.get_state_dict(getattr(model, "_orig_mod", model))  # not torch.compile's wrapper
+    return state if accelerator.is_main_process else None
+
+
+def main_process_model(accelerator, model: torch.nn.Module, build: Callable[[], torch.nn.Module]):
+    """A model the main process can run on its own (evaluation, samples). Call on every process.
+
+    Without sharding this is the trained model itself, unwrapped. Under FSDP or ZeRO-3 the weights are
+    gathered into a fresh copy made by ``build()`` on the main process; other processes get None.
+    """
+    if not params_sharded(accelerator):
+        return unwrap(accelerator, model)
+    state = export_state_dict(accelerator, model)
+    if not accelerator.is_main_process:
+        return None
+    copy = build()
+    copy.load_state_dict(state)
+    return copy.to(accelerator.device)
+
+
+def gather_rows(accelerator, tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate every process's ``tensor`` (N_r, ...) along dim 0, in rank order; N_r may differ.
+
+    In rank order, the rows are the global batch in the order a single process would have seen it.
+    """
+    if accelerator.num_processes == 1:
+        return tensor
+    sizes = accelerator.gather(torch.tensor([tensor.shape[0]], device=tensor.device)).tolist()
+    padded = accelerator.pad_across_processes(tensor.contiguous(), dim=0)
+    gathered = accelerator.gather(padded)  # (world * max(N_r), ...)
+    chunks = gathered.split(max(sizes))
+    return torch.cat([chunk[:n] for chunk, n in zip(chunks, sizes)])
+
+
 # ----------------------------------------------------------------------------- faults
+
+
+def fault_active(name: str, step: int | None = None) -> bool:
+    """Test hook: is fault ``name`` injected (at ``step``)?
+
+    ``MINIDALLE_FAULTS`` holds comma-separated entries ``name``, ``name@step`` or ``name@first-last``.
+    Names used: ``checkpoint_after_state``, ``checkpoint_before_rename`` (SIGKILL while writing the
+    checkpoint of that step), ``nan_loss`` (the loss of that optimizer step becomes NaN),
+    ``precompute_before_save``, ``precompute_mid_save``, ``precompute_before_merge`` (SIGKILL while
+    pre-encoding; there the "step" is the process index).
+    """
+    spec = os.environ.get(FAULTS_ENV, "")
+    for entry in filter(None, (e.strip() for e in spec.split(","))):
+        entry_name, _, steps = entry.partition("@")
+        if entry_name != name:
+            continue
+        if not steps or step is None:
+            return True
+        first, _, last = steps.partition("-")
+        if int(first) <= step <= int(last or first):
+            return True
+    return False
+
+
+def fault_point(name: str, step: int | None = None) -> None:
+    """Test hook: die here by SIGKILL, as a crashed machine would, when ``name`` is injected."""
+    if fault_active(name, step):
+        logger.error("Injected fault %r at step %s: killing this process with SIGKILL.", name, step)
+        logging.shutdown()
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class GracefulStop:

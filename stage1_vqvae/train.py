@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import logging
 import math
 import sys
@@ -19,11 +20,11 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, gather_object, set_seed
 from tqdm.auto import tqdm
 
 from minidalle import data as data_lib
-from minidalle.config import parse_config
+from minidalle.config import ConfigError, parse_config
 from minidalle.images import reconstruction_grid, to_chw_uint8
 from minidalle.training import (
     GracefulStop,
@@ -31,10 +32,14 @@ from minidalle.training import (
     NonFiniteGuard,
     checkpoint_step,
     cosine_with_warmup,
+    export_state_dict,
+    fault_active,
     flat_config,
     format_metrics,
+    gather_rows,
     infinite_batches,
     prepare_output_dir,
+    read_marker,
     resolve_resume,
     save_checkpoint,
     step_generator,
@@ -89,6 +94,12 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if not accelerator.is_main_process:
         logging.getLogger().setLevel(logging.WARNING)
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise ConfigError(
+            "Stage 1 trains with DDP (configs/accelerate/multi_gpu_ddp.yaml), not FSDP or DeepSpeed: k-means "
+            "init and dead-code restarts rewrite codebook entries in place, which sharded or optimizer-owned "
+            "weights do not allow, and the VQ-VAE fits on one GPU anyway."
+        )
     resume_path = resolve_resume(output_dir, tcfg.resume_from_checkpoint)
     prepare_output_dir(output_dir, dataclasses.asdict(cfg), tcfg.resume_from_checkpoint is not None,
                        accelerator.is_main_process)  # fmt: skip
@@ -98,11 +109,27 @@ def main(argv: list[str] | None = None) -> None:
 
     # ---------------------------------------------------------------- data
     with accelerator.main_process_first():
-        train_hf, eval_hf = data_lib.load_train_eval(cfg.data, max_eval=cfg.num_eval_images)
-    train_set = data_lib.ImageCaptionDataset(train_hf, cfg.data.resolution)
+        if cfg.data.streaming:
+            train_stream, eval_hf = data_lib.load_streaming_train_eval(cfg.data, max_eval=cfg.num_eval_images)
+        else:
+            train_hf, eval_hf = data_lib.load_train_eval(cfg.data, max_eval=cfg.num_eval_images)
     eval_set = data_lib.ImageCaptionDataset(eval_hf, cfg.data.resolution)
-    data_lib.check_usable(train_set)
-    sampler = data_lib.EpochSampler(len(train_set), seed=tcfg.seed)
+    if cfg.data.streaming:  # this process's part of the stream; the loader is not prepared (already split)
+        data_lib.check_usable(data_lib.ImageCaptionDataset(list(train_stream.take(256)), cfg.data.resolution))
+        train_set = data_lib.StreamingImageCaptions(
+            train_stream, cfg.data.resolution, seed=tcfg.seed, buffer_size=cfg.data.shuffle_buffer,
+            rank=accelerator.process_index, world_size=accelerator.num_processes,
+        )  # fmt: skip
+        sampler = None
+    else:
+        train_set = data_lib.ImageCaptionDataset(train_hf, cfg.data.resolution)
+        data_lib.check_usable(train_set)
+        if len(train_set) < tcfg.batch_size * accelerator.num_processes:
+            raise data_lib.NoUsableDataError(
+                f"The training split has {len(train_set)} images, fewer than one batch of train.batch_size="
+                f"{tcfg.batch_size} on each of {accelerator.num_processes} processes."
+            )
+        sampler = data_lib.EpochSampler(len(train_set), seed=tcfg.seed)
     train_loader = torch.utils.data.DataLoader(
         train_set, batch_size=tcfg.batch_size, sampler=sampler, drop_last=True,
         num_workers=cfg.data.num_workers, collate_fn=data_lib.collate_image_captions,
@@ -125,7 +152,9 @@ def main(argv: list[str] | None = None) -> None:
     # The scheduler is stepped once per optimizer step by us (not prepared, so it is not stepped
     # once per process) and checkpointed with the rest of the state.
     scheduler = cosine_with_warmup(optimizer, tcfg)
-    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if not cfg.data.streaming:
+        train_loader = accelerator.prepare(train_loader)
     accelerator.register_for_checkpointing(scheduler)
     if tcfg.compile:
         model = torch.compile(model)
@@ -137,8 +166,18 @@ def main(argv: list[str] | None = None) -> None:
                     accelerator.num_processes)  # fmt: skip
         accelerator.init_trackers("stage1_vqvae", config=flat_config(cfg))
 
-    def export(folder: Path) -> None:
-        unwrap(accelerator, model).save_pretrained(folder / "vqvae")
+    def export(folder: Path) -> None:  # called on every process; writes on the main one
+        state = export_state_dict(accelerator, model)
+        if accelerator.is_main_process:
+            unwrap(accelerator, model).save_pretrained(folder / "vqvae", state_dict=state)
+
+    data_position = (0, 0)  # streaming: (epoch, batches into it) on this process
+
+    def checkpoint(step: int, **extra) -> Path:  # called on every process
+        if cfg.data.streaming:
+            extra["stream_positions"] = gather_object([list(data_position)])
+        return save_checkpoint(accelerator, output_dir, step, export, tcfg.checkpoints_total_limit,
+                               extra=extra, model=model)  # fmt: skip
 
     # ---------------------------------------------------------------- resume
     global_step = 0
@@ -147,15 +186,27 @@ def main(argv: list[str] | None = None) -> None:
         global_step = checkpoint_step(resume_path)
         logger.info("Resumed from %s at step %d", resume_path, global_step)
     accum = tcfg.gradient_accumulation_steps
-    batches = infinite_batches(accelerator, train_loader, sampler, start_micro_step=global_step * accum)
+    if cfg.data.streaming:
+        if resume_path is not None:
+            positions = read_marker(resume_path).get("stream_positions") or []
+            if len(positions) != accelerator.num_processes:
+                raise ConfigError(
+                    f"{resume_path} was written by {len(positions)} processes reading the data stream; "
+                    f"resume it with the same number (not {accelerator.num_processes}) to continue exactly."
+                )
+            data_position = tuple(positions[accelerator.process_index])
+        batches = data_lib.stream_batches(train_loader, train_set, *data_position, device=accelerator.device)
+    else:
+        batches = infinite_batches(accelerator, train_loader, sampler, start_micro_step=global_step * accum)
 
     if global_step == 0 and cfg.codebook.kmeans_init:
-        # k-means over a few batches of encoder outputs (broadcast from rank 0 under DDP).
+        # k-means over the first batches' encoder outputs, gathered from every process in rank order:
+        # every process computes the same centroids from the same images as one process would.
         with torch.no_grad():
-            encoder_outputs, first_batches = [], iter(train_loader)
-            for _ in range(min(cfg.codebook.kmeans_batches, len(train_loader))):
-                encoder_outputs.append(unwrap(accelerator, model).encoder(next(first_batches)["pixels"]))
-            z_e = torch.cat(encoder_outputs)  # (N, D, h, w)
+            encoder = unwrap(accelerator, model).encoder
+            first_batches = itertools.islice(iter(train_loader), cfg.codebook.kmeans_batches)
+            z_e = torch.cat([gather_rows(accelerator, encoder(b["pixels"].to(accelerator.device)))
+                             for b in first_batches])  # (N, D, h, w)  # fmt: skip
             unwrap(accelerator, model).quantizer.kmeans_init(z_e, generator=step_generator(tcfg.seed, 0, 1))
 
     # ---------------------------------------------------------------- loop
@@ -170,8 +221,9 @@ def main(argv: list[str] | None = None) -> None:
     while global_step < tcfg.max_steps:
         # One optimizer step = `accum` micro-batches; gradients sync only on the last one.
         step_codes = []
+        usage_before = unwrap(accelerator, model).quantizer.usage.clone()  # restored if the step is skipped
         for micro in range(accum):
-            _, batch = next(batches)
+            data_position, batch = next(batches)
             pixels = batch["pixels"]  # (B, 3, H, W)
             sync_context = accelerator.no_sync(model) if micro < accum - 1 else contextlib.nullcontext()
             with sync_context, accelerator.autocast():
@@ -181,6 +233,8 @@ def main(argv: list[str] | None = None) -> None:
                 else:
                     out = model(pixels)
                     loss, parts = unwrap(accelerator, model).loss(pixels, out)
+                if fault_active("nan_loss", global_step + 1):  # test hook (MINIDALLE_FAULTS)
+                    loss = loss * float("nan")
                 accelerator.backward(loss / accum)
             if out is not None:
                 step_codes.append(out.codes.detach().flatten())
@@ -194,6 +248,7 @@ def main(argv: list[str] | None = None) -> None:
         if guard.check(accelerator, loss, None if tcfg.mixed_precision == "fp16" else grad_norm):
             optimizer.step()
         else:
+            unwrap(accelerator, model).quantizer.usage.copy_(usage_before)
             logger.warning("Non-finite loss or gradient at step %d: step skipped (%d in a row, %d total).",
                            global_step + 1, guard.in_a_row, guard.total_skipped)  # fmt: skip
         optimizer.zero_grad(set_to_none=True)
@@ -202,8 +257,7 @@ def main(argv: list[str] | None = None) -> None:
         progress.update(1)
 
         if guard.exhausted:
-            save_checkpoint(accelerator, output_dir, global_step, export, tcfg.checkpoints_total_limit,
-                            extra={"reason": "non-finite"})  # fmt: skip
+            checkpoint(global_step, reason="non-finite")
             accelerator.end_training()
             sys.exit(f"Stopping: {guard.in_a_row} non-finite steps in a row (lower train.learning_rate, "
                      f"check the data, or use bf16 rather than fp16). Last good state saved in {output_dir}.")  # fmt: skip
@@ -217,12 +271,21 @@ def main(argv: list[str] | None = None) -> None:
             restart
             and global_step % restart == 0
             and global_step <= cfg.codebook.restart_until * tcfg.max_steps
-            and out is not None
         ):
-            restarted = quantizer.restart_dead_codes(
-                out.z_e, cfg.codebook.dead_code_threshold, generator=step_generator(tcfg.seed, global_step, 2)
+            # New codes are drawn from the last micro-batch of every process (gathered in rank order),
+            # so each process restarts the same codes the same way, as a single process would.
+            grid = cfg.model.grid_size
+            z_e = (
+                out.z_e.detach()
+                if out is not None
+                else pixels.new_zeros(0, cfg.model.codebook_dim, grid, grid)
             )
-            running["restarted_codes"] = running.get("restarted_codes", 0.0) + restarted * tcfg.log_every
+            z_e = gather_rows(accelerator, z_e)  # (N, D, h, w)
+            if z_e.shape[0] and torch.isfinite(z_e).all():
+                restarted = quantizer.restart_dead_codes(
+                    z_e, cfg.codebook.dead_code_threshold, generator=step_generator(tcfg.seed, global_step, 2)
+                )
+                running["restarted_codes"] = running.get("restarted_codes", 0.0) + restarted * tcfg.log_every
 
         # ------------------------------------------------------------ logging
         if global_step % tcfg.log_every == 0:
@@ -251,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
         # ------------------------------------------------------------ checkpoints and signals
         stopping = stop.should_stop(accelerator) or global_step == tcfg.stop_after_steps
         if stopping or (tcfg.checkpoint_every and global_step % tcfg.checkpoint_every == 0):
-            path = save_checkpoint(accelerator, output_dir, global_step, export, tcfg.checkpoints_total_limit)
+            path = checkpoint(global_step)
             progress.write(f"step {global_step}: saved {path}")
         if stopping:
             reason = f"{stop.signal_name} received" if stop.requested else "train.stop_after_steps reached"
@@ -263,10 +326,10 @@ def main(argv: list[str] | None = None) -> None:
     # ---------------------------------------------------------------- final save
     progress.close()
     if not (tcfg.checkpoint_every and global_step % tcfg.checkpoint_every == 0):
-        save_checkpoint(accelerator, output_dir, global_step, export, tcfg.checkpoints_total_limit)
+        checkpoint(global_step)
+    export(output_dir)
     if accelerator.is_main_process:
         final = unwrap(accelerator, model)
-        final.save_pretrained(output_dir / "vqvae")
         log_reconstructions(accelerator, final, grid_pixels, output_dir, global_step)
         metrics = evaluate_reconstruction(final, eval_loader, accelerator.device,
                                           max_images=cfg.num_eval_images, checker=checker)  # fmt: skip

@@ -119,6 +119,18 @@ class SequenceLayout:
         """The unconditional (classifier-free guidance) caption: all text positions PAD."""
         return torch.full((batch_size, self.text_len), self.pad_id, dtype=torch.long, device=device)  # (B, T)
 
+    def drop_captions(
+        self, text_ids: torch.Tensor, rate: float, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Replace each caption by the empty one with probability ``rate`` (training for guidance).
+
+        Returns the new (B, T) ids and the (B,) bool mask of dropped captions. The draw is made on
+        the CPU from ``generator``, so it does not depend on the device.
+        """
+        dropped = torch.rand(text_ids.shape[0], generator=generator) < rate  # (B,)
+        dropped = dropped.to(text_ids.device)
+        return torch.where(dropped[:, None], torch.full_like(text_ids, self.pad_id), text_ids), dropped
+
     @staticmethod
     def _check_range(ids: torch.Tensor, upper: int, name: str) -> None:
         if ids.dtype.is_floating_point or ids.dtype == torch.bool:

@@ -24,6 +24,7 @@ def weighted_lm_loss(
     layout: SequenceLayout,
     text_weight: float = 1 / 8,
     image_weight: float = 7 / 8,
+    text_normalizer: torch.Tensor | float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted loss for ``logits`` (B, L, V) of a model fed ``input_ids`` (B, seq_len).
 
@@ -31,6 +32,10 @@ def weighted_lm_loss(
     fed ``input_ids[:, :-1]``); ``V`` is at least ``layout.vocab_size``. Returns ``(total, parts)`` with
     ``total = text_weight * text_loss + image_weight * image_loss`` and ``parts`` holding detached 0-d
     tensors "text_loss", "image_loss" (nats per token; call ``.item()`` when logging) and "text_tokens".
+
+    ``text_normalizer`` replaces this batch's count of text targets as the divisor of the text loss sum.
+    Data-parallel training passes the count over all processes divided by their number, so that the
+    average of the processes' gradients is that of the mean over the global batch.
     """
     if text_weight < 0 or image_weight < 0:
         raise ValueError(f"Loss weights must be >= 0, got text {text_weight}, image {image_weight}.")
@@ -65,7 +70,8 @@ def weighted_lm_loss(
             ignore_index=layout.pad_id,
             reduction="sum",
         )
-        text_loss = text_sum / text_tokens.clamp(min=1)  # 0 when every target is PAD
+        divisor = text_tokens.clamp(min=1) if text_normalizer is None else text_normalizer
+        text_loss = text_sum / divisor  # 0 when every target is PAD
 
     total = image_weight * image_loss
     if text_weight > 0:

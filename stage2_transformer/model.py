@@ -87,15 +87,20 @@ def build_transformer(cfg: TransformerConfig, layout: SequenceLayout) -> PreTrai
     return model
 
 
-def save_transformer(model: PreTrainedModel, layout: SequenceLayout, out_dir: str | Path) -> Path:
-    """Save weights (safetensors) + ``config.json`` + ``sequence_layout.json`` to ``out_dir``."""
+def save_transformer(
+    model: PreTrainedModel, layout: SequenceLayout, out_dir: str | Path, state_dict: dict | None = None
+) -> Path:
+    """Save weights (safetensors) + ``config.json`` + ``sequence_layout.json`` to ``out_dir``.
+
+    ``state_dict`` replaces the model's own weights (e.g. the full weights gathered from FSDP/DeepSpeed).
+    """
     if model.config.vocab_size != layout.vocab_size:
         raise ValueError(
             f"The model's vocabulary ({model.config.vocab_size}) does not match the layout's ({layout.vocab_size})."
         )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)  # transformers 5 always writes safetensors
+    model.save_pretrained(out_dir, state_dict=state_dict)  # transformers 5 always writes safetensors
     layout.save(out_dir)
     return out_dir
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from minidalle import data as data_lib
+from minidalle.training import fault_point
 from stage2_transformer.tokenizer import encode_captions
 
 logger = logging.getLogger(__name__)
@@ -142,15 +143,18 @@ def precompute_codes(
         shard = hf_dataset.shard(num_shards=world, index=rank, contiguous=True)
         vqvae.to(accelerator.device).eval()
         encoded = _encode_shard(shard, vqvae, tokenizer, text_len, resolution, batch_size, accelerator.device)
+        fault_point("precompute_before_save", rank)  # test hooks (MINIDALLE_FAULTS): "step" is the rank
         tmp = shard_dir.with_name(shard_dir.name + ".tmp")
         if tmp.exists():
             shutil.rmtree(tmp)
         encoded.save_to_disk(str(tmp))
+        fault_point("precompute_mid_save", rank)
         (tmp / "done").write_text(json.dumps({"rows": len(encoded), "source_rows": len(shard)}))
         if shard_dir.exists():
             shutil.rmtree(shard_dir)
         os.replace(tmp, shard_dir)
     accelerator.wait_for_everyone()
+    fault_point("precompute_before_merge", rank)
 
     if accelerator.is_main_process:
         shard_dirs = sorted(work.glob(f"shard-*-of-{world:05d}"))

@@ -34,9 +34,12 @@ from minidalle.training import (
     NonFiniteGuard,
     checkpoint_step,
     cosine_with_warmup,
+    export_state_dict,
+    fault_active,
     flat_config,
     format_metrics,
     infinite_batches,
+    main_process_model,
     prepare_output_dir,
     resolve_resume,
     save_checkpoint,
@@ -204,9 +207,15 @@ def main(argv: list[str] | None = None) -> None:
                     layout.num_image_tokens, layout.vocab_size)  # fmt: skip
         accelerator.init_trackers("stage2_transformer", config=flat_config(cfg))
 
-    def export(folder: Path) -> None:
-        save_transformer(unwrap(accelerator, model), layout, folder / "transformer")
-        tokenizer.save_pretrained(folder / "tokenizer")
+    def export(folder: Path) -> None:  # called on every process (gathers FSDP/ZeRO-3 shards); main writes
+        state = export_state_dict(accelerator, model)
+        if accelerator.is_main_process:
+            save_transformer(unwrap(accelerator, model), layout, folder / "transformer", state_dict=state)
+            tokenizer.save_pretrained(folder / "tokenizer")
+
+    def checkpoint(step: int, **extra) -> Path:  # called on every process
+        return save_checkpoint(accelerator, output_dir, step, export, tcfg.checkpoints_total_limit,
+                               extra=extra, model=model)  # fmt: skip
 
     # ---------------------------------------------------------------- resume
     global_step = 0
@@ -237,17 +246,28 @@ def main(argv: list[str] | None = None) -> None:
             codes = batch["codes"].long()  # (B, h*w)
             text_ids = batch["text_ids"].long()  # (B, T)
             # Caption dropout: the empty caption is the unconditional input of classifier-free guidance.
-            # The draw depends only on (seed, step, rank, micro-step), so a resumed run makes the same draws.
-            generator = step_generator(tcfg.seed, global_step, 1 + accelerator.process_index * accum + micro)
-            drop = torch.rand(text_ids.shape[0], generator=generator) < cfg.loss.caption_dropout  # (B,)
-            text_ids[drop.to(text_ids.device)] = layout.pad_id
+            # The draw depends only on (seed, step, micro-step), so a resumed run makes the same draws; the
+            # global batch's draws are made in rank order and each process skips those of the ranks before
+            # it, so the same captions are dropped whatever the number of processes.
+            generator = step_generator(tcfg.seed, global_step, 1 + micro)
+            torch.rand(accelerator.process_index * text_ids.shape[0], generator=generator)
+            text_ids, drop = layout.drop_captions(
+                text_ids, cfg.loss.caption_dropout, generator
+            )  # (B, T), (B,)
             seq = layout.build(text_ids, codes)  # (B, L)
+            text_normalizer = None  # the text loss is a mean over the text tokens of the global batch
+            if accelerator.num_processes > 1:
+                count = (seq[:, 1 : layout.text_len] != layout.pad_id).sum().float()
+                text_normalizer = accelerator.reduce(count, "sum").clamp(min=1) / accelerator.num_processes
+            accelerator.sync_gradients = micro == accum - 1  # DeepSpeed steps inside the last backward
             sync_context = accelerator.no_sync(model) if micro < accum - 1 else contextlib.nullcontext()
             with sync_context, accelerator.autocast():
                 logits = model(input_ids=seq[:, :-1], use_cache=False).logits  # (B, L-1, V)
                 loss, parts = weighted_lm_loss(
-                    logits, seq, layout, cfg.loss.text_weight, cfg.loss.image_weight
+                    logits, seq, layout, cfg.loss.text_weight, cfg.loss.image_weight, text_normalizer
                 )
+                if fault_active("nan_loss", global_step + 1):  # test hook (MINIDALLE_FAULTS)
+                    loss = loss * float("nan")
                 accelerator.backward(loss / accum)
             for key in ("text_loss", "image_loss"):
                 running[key] = running.get(key, 0.0) + float(parts[key]) / accum
@@ -269,8 +289,7 @@ def main(argv: list[str] | None = None) -> None:
         running["grad_norm"] = running.get("grad_norm", 0.0) + float(grad_norm)
 
         if guard.exhausted:
-            save_checkpoint(accelerator, output_dir, global_step, export, tcfg.checkpoints_total_limit,
-                            extra={"reason": "non-finite"})  # fmt: skip
+            checkpoint(global_step, reason="non-finite")
             accelerator.end_training()
             sys.exit(f"Stopping: {guard.in_a_row} non-finite steps in a row (lower train.learning_rate, "
                      f"or use bf16 rather than fp16). Last good state saved in {output_dir}.")  # fmt: skip
@@ -287,15 +306,17 @@ def main(argv: list[str] | None = None) -> None:
                 image_loss=f"{metrics['image_loss']:.3f}", text_loss=f"{metrics['text_loss']:.3f}"
             )
             running, tokens_seen, window_start = {}, 0, time.perf_counter()
-        if tcfg.eval_every and global_step % tcfg.eval_every == 0 and accelerator.is_main_process:
-            metrics = evaluate_prior(
-                unwrap(accelerator, model), layout, codes_sets["validation"], cfg.num_eval_examples
-            )
+        evaluating = tcfg.eval_every and global_step % tcfg.eval_every == 0
+        sampling = tcfg.image_every and global_step % tcfg.image_every == 0
+        if evaluating or sampling:  # every process: under FSDP/ZeRO-3 the weights are gathered for main
+            eval_model = main_process_model(accelerator, model, lambda: build_transformer(cfg.model, layout))
+        if evaluating and accelerator.is_main_process:
+            metrics = evaluate_prior(eval_model, layout, codes_sets["validation"], cfg.num_eval_examples)
             accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=global_step)
             metrics_log.write(global_step, {f"eval/{k}": v for k, v in metrics.items()})
             progress.write(f"step {global_step}: eval {format_metrics(metrics)}")
-        if tcfg.image_every and global_step % tcfg.image_every == 0 and accelerator.is_main_process:
-            scores = log_samples(accelerator, unwrap(accelerator, model), layout, vqvae, tokenizer, eval_captions,
+        if sampling and accelerator.is_main_process:
+            scores = log_samples(accelerator, eval_model, layout, vqvae, tokenizer, eval_captions,
                                  cfg, output_dir, global_step, checker)  # fmt: skip
             if scores:
                 accelerator.log({f"samples/{k}": v for k, v in scores.items()}, step=global_step)
@@ -305,7 +326,7 @@ def main(argv: list[str] | None = None) -> None:
         # ------------------------------------------------------------ checkpoints and signals
         stopping = stop.should_stop(accelerator) or global_step == tcfg.stop_after_steps
         if stopping or (tcfg.checkpoint_every and global_step % tcfg.checkpoint_every == 0):
-            path = save_checkpoint(accelerator, output_dir, global_step, export, tcfg.checkpoints_total_limit)
+            path = checkpoint(global_step)
             progress.write(f"step {global_step}: saved {path}")
         if stopping:
             reason = f"{stop.signal_name} received" if stop.requested else "train.stop_after_steps reached"
@@ -317,10 +338,10 @@ def main(argv: list[str] | None = None) -> None:
     # ---------------------------------------------------------------- final save
     progress.close()
     if not (tcfg.checkpoint_every and global_step % tcfg.checkpoint_every == 0):
-        save_checkpoint(accelerator, output_dir, global_step, export, tcfg.checkpoints_total_limit)
+        checkpoint(global_step)
+    export(output_dir)
+    final = main_process_model(accelerator, model, lambda: build_transformer(cfg.model, layout))
     if accelerator.is_main_process:
-        final = unwrap(accelerator, model)
-        save_transformer(final, layout, output_dir / "transformer")
         metrics = evaluate_prior(final, layout, codes_sets["validation"], cfg.num_eval_examples)
         accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=global_step)
         metrics_log.write(global_step, {f"eval/{k}": v for k, v in metrics.items()})

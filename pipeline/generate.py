@@ -1,0 +1,146 @@
+"""Generate images from the command line: each image as a PNG, plus a captioned grid.
+
+    python -m pipeline.generate --model outputs/pipeline_tiny --prompt "a red circle on blue" -n 8 \\
+        --out grid.png [--seed 0] [--prompts-file prompts.txt] [--guidance-scale 3 --top-k 64 ...]
+
+Writes ``grid.png``, the single images to ``grid_images/`` (``p{prompt}_{image}.png``) and the settings,
+prompts and seed to ``grid.json``, so any image can be made again. ``--image photo.png --keep-rows 3``
+completes a picture instead; ``--rerank-clip DIR --num-candidates 16`` keeps the best ``-n`` of 16 by
+CLIP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import warnings
+from pathlib import Path
+
+from minidalle.images import captioned_grid
+
+from .pipeline import MiniDallePipeline
+
+MAX_PROMPT_CHARS = 2000  # longer lines are almost surely a wrong file; the model reads a few dozen tokens
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="pipeline folder (python -m pipeline.assemble makes one)")
+    p.add_argument("--prompt", action="append", default=[], help="a prompt; repeat for several")
+    p.add_argument("--prompts-file", help="a text file with one prompt per line (blank lines skipped)")
+    p.add_argument("-n", "--num-images", type=int, default=4, help="images per prompt (default 4)")
+    p.add_argument("--out", default="grid.png", help="the grid image to write (default grid.png)")
+    p.add_argument("--seed", type=int, help="default: random (printed and saved, to reproduce)")
+    p.add_argument("--temperature", type=float, help="default: the pipeline's config")
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--guidance-scale", type=float)
+    p.add_argument("--batch-size", type=int, help="images per forward pass")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
+    p.add_argument("--dtype", help="fp32, bf16 or fp16 (default: bf16 on cuda, fp32 on cpu)")
+    p.add_argument("--image", help="complete this image: keep its first --keep-rows rows of codes")
+    p.add_argument("--keep-rows", type=int)
+    p.add_argument("--rerank-clip", help="a local CLIPModel folder: keep the best -n of --num-candidates")
+    p.add_argument("--num-candidates", type=int)
+    p.add_argument("--columns", type=int, help="grid columns (default: images per prompt, at most 8)")
+    return p.parse_args(argv)
+
+
+def read_prompts(args: argparse.Namespace) -> list[str]:
+    prompts = list(args.prompt)
+    if args.prompts_file:
+        path = Path(args.prompts_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"--prompts-file {str(path)!r} does not exist.")
+        prompts += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError("give at least one --prompt or a --prompts-file with one prompt per line.")
+    for i, prompt in enumerate(prompts):
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise ValueError(f"prompt {i} has {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}.")
+    return prompts
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return _generate(args)
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from PIL import Image
+    from tqdm import tqdm
+
+    prompts = read_prompts(args)
+    pipe = MiniDallePipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    extra = {}
+    if args.image is not None:
+        extra["image"] = Image.open(args.image)
+        extra["keep_rows"] = args.keep_rows
+    elif args.keep_rows is not None:
+        raise ValueError("--keep-rows needs --image, the picture to complete.")
+    if args.rerank_clip:
+        from .rerank import ClipReranker
+
+        extra["rerank_with"] = ClipReranker(args.rerank_clip, device=pipe.device)
+        extra["num_candidates"] = args.num_candidates
+    elif args.num_candidates is not None:
+        raise ValueError("--num-candidates needs --rerank-clip, the CLIP model that picks the best.")
+
+    bar = tqdm(total=1.0, unit="", desc="sampling rows", bar_format="{l_bar}{bar}| {elapsed}<{remaining}")
+
+    def on_row(event) -> None:
+        bar.n = round(event.progress, 4)
+        bar.set_postfix_str(f"row {event.row + 1}/{event.num_rows}", refresh=False)
+        bar.refresh()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # an over-long prompt warns each time
+        output = pipe(
+            prompts, num_images_per_prompt=args.num_images, temperature=args.temperature, top_k=args.top_k,
+            top_p=args.top_p, guidance_scale=args.guidance_scale, seed=args.seed, batch_size=args.batch_size,
+            on_row=on_row, **extra,
+        )  # fmt: skip
+    bar.n = 1.0
+    bar.close()
+
+    out = Path(args.out)
+    if not out.suffix:
+        out = out.with_suffix(".png")
+    image_dir = out.with_name(out.stem + "_images")
+    image_dir.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    per_prompt = len(output.images) // len(prompts)
+    paths = []
+    for k, image in enumerate(output.images):
+        path = image_dir / f"p{k // per_prompt:03d}_{k % per_prompt:02d}.png"
+        image.save(path)
+        paths.append(str(path))
+    columns = args.columns or min(per_prompt, 8)
+    captioned_grid(output.images, output.prompts, columns=max(1, columns)).save(out)
+    record = {
+        "model": str(args.model),
+        "prompts": prompts,
+        "seed": output.seed,
+        "num_images_per_prompt": args.num_images,
+        "settings": {k: getattr(args, k) for k in ("temperature", "top_k", "top_p", "guidance_scale")},
+        "defaults": {k: getattr(pipe.config, k) for k in ("temperature", "top_k", "top_p", "guidance_scale")},
+        "images": paths,
+        "scores": output.scores,
+    }
+    out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    rows = math.ceil(len(output.images) / max(1, columns))
+    print(
+        f"Wrote {out} ({rows}x{columns} grid), {len(paths)} images in {image_dir}/ and {out.with_suffix('.json')}"
+    )
+    print(f"seed: {output.seed} (pass --seed {output.seed} to make the same images again)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

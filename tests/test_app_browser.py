@@ -1,0 +1,49 @@
+"""The Gradio app in a real headless browser: Debian's chromium driven by Playwright."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.test_app import running_app
+from tests.tiny_models import build_tiny_pipeline
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs Debian's chromium at /usr/bin/chromium"),
+]
+
+
+def test_type_a_prompt_click_generate_and_see_the_images(tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    model_dir = build_tiny_pipeline(tmp_path / "model")
+    with running_app(model_dir, tmp_path) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(url)
+            page.locator("#prompt textarea").fill("a small red circle at the top left")
+            page.get_by_label("Randomise seed").uncheck()
+            page.locator("#generate").click()
+            # the default is 4 images; each must be a decoded picture, not a broken link
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('#gallery img')]"
+                ".filter(img => img.complete && img.naturalWidth > 0).length === 4",
+                timeout=60_000,
+            )
+            expect(page.locator("#seed-used input")).to_have_value("0")
+            shot = tmp_path / "app.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
+            # an invalid request shows an error in the page, and the next one still works
+            page.locator("#prompt textarea").fill("   ")
+            page.locator("#generate").click()
+            expect(page.get_by_text("Enter a prompt")).to_be_visible(timeout=30_000)
+        finally:
+            browser.close()

@@ -1,0 +1,151 @@
+"""The stage-2 train script, launched with `accelerate launch` on a tiny config, and its data path."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from stage1_vqvae.config import VQVAEConfig
+from stage1_vqvae.model import VQVAE
+from stage2_transformer.layout import SequenceLayout
+from stage2_transformer.model import load_transformer
+from stage2_transformer.tokenizer import load_caption_tokenizer
+from tests.conftest import launch, read_metrics
+
+
+def save_vqvae(folder, seed: int = 0, codebook_size: int = 32):
+    torch.manual_seed(seed)
+    config = VQVAEConfig(
+        resolution=32, base_channels=8, channel_multipliers=[1, 2, 2], codebook_size=codebook_size
+    )
+    VQVAE(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def vqvae_dir(tmp_path_factory):
+    return save_vqvae(tmp_path_factory.mktemp("stage1") / "vqvae")
+
+
+def tiny_args(vqvae, cache, codes, out, *extra):
+    return [
+        "--config", "configs/stage2_tiny.yaml", "--vqvae", str(vqvae),
+        "--data.builtin_cache_dir", str(cache), "--data.builtin_train_size", "256", "--data.builtin_eval_size", "32",
+        "--codes.cache_dir", str(codes), "--tokenizer.vocab_size", "300",
+        "--model.hidden_size", "32", "--model.num_layers", "2", "--model.num_heads", "2",
+        "--train.output_dir", str(out), "--train.batch_size", "8", "--train.warmup_steps", "2",
+        "--train.log_every", "2", "--train.eval_every", "4", "--train.image_every", "4",
+        "--train.checkpoint_every", "4", "--train.learning_rate", "3e-3",
+        "--sampling.num_captions", "2", "--sampling.images_per_caption", "2", "--num_eval_examples", "32", *extra,
+    ]  # fmt: skip
+
+
+def test_train_writes_checkpoints_samples_and_model(tmp_path, vqvae_dir, shapes_cache):
+    out = tmp_path / "run"
+    launch("stage2_transformer/train.py", *tiny_args(vqvae_dir, shapes_cache, tmp_path / "codes", out,
+                                                     "--train.max_steps", "12"))  # fmt: skip
+    # exported model with its layout, and the tokenizer
+    model, layout = load_transformer(out / "transformer")
+    tokenizer = load_caption_tokenizer(out / "tokenizer")
+    assert layout.text_vocab_size == len(tokenizer) and layout.codebook_size == 32
+    assert (layout.grid_h, layout.grid_w, layout.text_len) == (8, 8, 16)
+    assert model.config.vocab_size == layout.vocab_size
+    # checkpoints hold loadable models
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "checkpoint-12",
+        "checkpoint-4",
+        "checkpoint-8",
+    ]
+    load_transformer(out / "checkpoints" / "checkpoint-8" / "transformer")
+    # sample grids with their captions
+    for step in (4, 8, 12):
+        grid = Image.open(out / "images" / f"samples-{step:06d}.png")
+        assert grid.size[0] > 128
+        captions = (out / "images" / f"samples-{step:06d}.txt").read_text().splitlines()
+        assert len(captions) == 4
+    # losses fall; eval reports bits per image against the uniform prior
+    metrics = read_metrics(out)
+    image_loss = [m["train/image_loss"] for m in metrics if "train/image_loss" in m]
+    assert image_loss[-1] < image_loss[0]
+    evals = [m for m in metrics if "eval/bits_per_image" in m]
+    assert evals[-1]["eval/uniform_bits_per_image"] == pytest.approx(64 * 5)
+    assert evals[-1]["eval/bits_per_image"] < evals[-1]["eval/uniform_bits_per_image"]
+    assert json.loads((out / "stage1.json").read_text())["codebook_size"] == 32
+
+
+def test_resume_continues_exactly(tmp_path, vqvae_dir, shapes_cache):
+    codes = tmp_path / "codes"
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    common = [
+        "--train.max_steps",
+        "8",
+        "--train.checkpoint_every",
+        "0",
+        "--train.image_every",
+        "0",
+        "--train.eval_every",
+        "0",
+    ]
+    launch("stage2_transformer/train.py", *tiny_args(vqvae_dir, shapes_cache, codes, straight, *common))
+    launch("stage2_transformer/train.py", *tiny_args(vqvae_dir, shapes_cache, codes, resumed, *common,
+                                                     "--train.stop_after_steps", "3"))  # fmt: skip
+    result = launch("stage2_transformer/train.py", *tiny_args(vqvae_dir, shapes_cache, codes, resumed, *common,
+                                                              "--resume_from_checkpoint", "latest"))  # fmt: skip
+    assert "Reusing pre-encoded train codes" in result.stderr  # the second run did not re-encode
+    a = load_file(str(straight / "transformer" / "model.safetensors"))
+    b = load_file(str(resumed / "transformer" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_mismatched_stage1_model_fails_clearly(tmp_path, vqvae_dir, shapes_cache):
+    codes = tmp_path / "codes"
+    out = tmp_path / "run"
+    launch("stage2_transformer/train.py", *tiny_args(vqvae_dir, shapes_cache, codes, out, "--train.max_steps", "2",
+                                                     "--train.image_every", "0", "--train.eval_every", "0"))  # fmt: skip
+    other = save_vqvae(tmp_path / "other_vqvae", seed=1, codebook_size=64)
+    # resuming the run with another stage-1 model
+    result = launch("stage2_transformer/train.py", *tiny_args(other, shapes_cache, codes, out, "--train.max_steps", "4",
+                                                              "--resume_from_checkpoint", "latest"), expect_ok=False)  # fmt: skip
+    assert result.returncode != 0
+    assert "was trained on codes from the stage-1 model" in result.stderr
+    # training a new run on codes made by another stage-1 model (same codebook size, other weights)
+    same_size = save_vqvae(tmp_path / "same_size", seed=2, codebook_size=32)
+    stored = next(codes.glob("train-*"))
+    result = launch("stage2_transformer/train.py", *tiny_args(same_size, shapes_cache, codes, tmp_path / "new",
+                                                              "--train.max_steps", "2", "--codes.train_path", str(stored)),
+                    expect_ok=False)  # fmt: skip
+    assert result.returncode != 0 and "were made by another stage-1 model" in result.stderr
+    result = launch("stage2_transformer/train.py", *tiny_args(other, shapes_cache, codes, tmp_path / "new2",
+                                                              "--train.max_steps", "2", "--codes.train_path", str(stored)),
+                    expect_ok=False)  # fmt: skip
+    assert (
+        result.returncode != 0
+        and "use a codebook of 32 entries, but the stage-1 model has 64" in result.stderr
+    )
+
+
+def test_caption_dropout_rate():
+    layout = SequenceLayout(text_len=6, text_vocab_size=50, codebook_size=16, grid_h=2, grid_w=2, pad_id=0)
+    text_ids = torch.randint(1, 50, (20000, 6))
+    dropped_ids, mask = layout.drop_captions(text_ids, 0.1, torch.Generator().manual_seed(0))
+    assert abs(mask.float().mean().item() - 0.1) < 0.01
+    assert (dropped_ids[mask] == 0).all()  # dropped captions are entirely the empty caption
+    assert torch.equal(dropped_ids[~mask], text_ids[~mask])  # the others are untouched
+    none, mask = layout.drop_captions(text_ids, 0.0)
+    assert not mask.any() and torch.equal(none, text_ids)
+
+
+def test_caption_dropout_happens_in_training(tmp_path, vqvae_dir, shapes_cache):
+    out = tmp_path / "run"
+    launch("stage2_transformer/train.py", *tiny_args(vqvae_dir, shapes_cache, tmp_path / "codes", out,
+                                                     "--train.max_steps", "20", "--loss.caption_dropout", "0.5",
+                                                     "--train.image_every", "0", "--train.eval_every", "0",
+                                                     "--train.batch_size", "16"))  # fmt: skip
+    rates = [m["train/caption_dropout"] for m in read_metrics(out) if "train/caption_dropout" in m]
+    assert abs(sum(rates) / len(rates) - 0.5) < 0.1  # 320 draws
