@@ -137,7 +137,10 @@ def build_app(
                     seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
                     randomize = gr.Checkbox(value=True, label="Randomise seed")
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
-                status = gr.Markdown("", elem_id="status")
+                status = gr.Markdown(
+                    "The pictures appear row by row while the codes are sampled.", elem_id="status",
+                    min_height=64, container=True, padding=True,
+                )  # fmt: skip
             with gr.Column(scale=2):
                 gallery = gr.Gallery(
                     label="Images", format="png", columns=4, object_fit="contain", height="auto",

@@ -640,3 +640,16 @@ def score_images(
     result = {name: (value / count if count else 0.0) for name, value in correct.items()}
     result["count"] = count
     return result
+
+
+def attributes_right(images: Iterable[Image.Image | np.ndarray], captions: Iterable[str]) -> list[int]:
+    """Per image, how many of colour/shape/position/size the checker reads as its caption states (0-4)."""
+    names = ("color", "shape", "position", "size")
+    right = []
+    for image, caption in zip(images, captions, strict=True):
+        expected, found = parse_caption(caption), read_attributes(image)
+        if expected is None or found is None:
+            right.append(0)
+            continue
+        right.append(sum(getattr(found, n) == getattr(expected, n) for n in names))
+    return right

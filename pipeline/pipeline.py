@@ -308,11 +308,6 @@ class MiniDallePipeline:
         vq_device = next(self.vqvae.parameters()).device
         return tensor_to_pil(self.vqvae.decode_codes(codes.to(vq_device)))
 
-    def count_tokens(self, prompt: str) -> int:
-        """Caption tokens of ``prompt`` before truncation to the model's text length."""
-        with self._tokenizer_lock:
-            return len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
-
     # ----------------------------------------------------------------------------------------------
     # internals
 

@@ -19,9 +19,9 @@ from accelerate import PartialState
 
 from minidalle import data as data_lib
 from minidalle.config import parse_config
+from minidalle.shapes import attributes_right
 from stage1_vqvae.evaluation import evaluate_reconstruction
 from stage1_vqvae.model import VQVAE
-from stage1_vqvae.train import shapes_checker
 
 
 @dataclass
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=cfg.batch_size, collate_fn=data_lib.collate_image_captions
     )
-    checker = shapes_checker if cfg.data.source == "builtin" else None
+    checker = attributes_right if cfg.data.source == "builtin" else None
     metrics = evaluate_reconstruction(model, loader, device, max_images=cfg.max_images, checker=checker)
     metrics = {"split": cfg.data.eval_split, "codebook_size": model.config.codebook_size, **metrics}
     print_table(metrics, f"VQ-VAE {cfg.model} on {cfg.data.source} data, split {cfg.data.eval_split!r}")

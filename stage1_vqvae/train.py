@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from minidalle import data as data_lib
 from minidalle.config import ConfigError, parse_config
 from minidalle.images import reconstruction_grid, to_chw_uint8
+from minidalle.shapes import attributes_right
 from minidalle.training import (
     GracefulStop,
     MetricsLog,
@@ -50,22 +51,6 @@ from stage1_vqvae.model import VQVAE, psnr
 from stage1_vqvae.run_config import Stage1RunConfig
 
 logger = logging.getLogger("stage1_vqvae.train")
-
-
-def shapes_checker(images, captions) -> list[int]:
-    """How many of the 4 attributes read back from each reconstruction agree with its caption."""
-    from minidalle.shapes import parse_caption, read_attributes
-
-    right = []
-    for image, caption in zip(images, captions):
-        truth, seen = parse_caption(caption), read_attributes(image)
-        if truth is None or seen is None:
-            right.append(0)
-            continue
-        right.append(
-            sum(getattr(truth, a) == getattr(seen, a) for a in ("color", "shape", "position", "size"))
-        )
-    return right
 
 
 @torch.no_grad()
@@ -141,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     grid_pixels = data_lib.collate_image_captions(
         [eval_set[i] for i in range(min(len(eval_set), cfg.num_grid_images))]
     )
-    checker = shapes_checker if cfg.data.source == "builtin" else None
+    checker = attributes_right if cfg.data.source == "builtin" else None
 
     # ---------------------------------------------------------------- model and optimizer
     model = VQVAE(cfg.model)

@@ -11,6 +11,7 @@ import math
 import torch
 
 from minidalle.data import tensor_to_pil
+from minidalle.shapes import attributes_right
 from stage2_transformer.layout import SequenceLayout
 from stage2_transformer.sampling import image_token_log_likelihood, sample_image_codes
 from stage2_transformer.tokenizer import encode_captions
@@ -45,22 +46,6 @@ def evaluate_prior(
     }
 
 
-def shapes_attributes_right(images, captions) -> list[int]:
-    """Per image, how many of colour/shape/position/size the checker reads as the caption states."""
-    from minidalle.shapes import parse_caption, read_attributes
-
-    right = []
-    for image, caption in zip(images, captions):
-        truth, seen = parse_caption(caption), read_attributes(image)
-        if truth is None or seen is None:
-            right.append(0)
-            continue
-        right.append(
-            sum(getattr(truth, a) == getattr(seen, a) for a in ("color", "shape", "position", "size"))
-        )
-    return right
-
-
 @torch.no_grad()
 def sample_images(
     model,
@@ -91,7 +76,7 @@ def sample_images(
 
 
 def score_samples(images, captions) -> dict:
-    right = shapes_attributes_right(images, captions)
+    right = attributes_right(images, captions)
     n = max(1, len(right))
     return {
         "samples": len(right),

@@ -17,6 +17,7 @@ from minidalle.data import DataConfig, StreamingImageCaptions, load_streaming_tr
 from minidalle.shapes import build_builtin_dataset
 from stage1_vqvae.config import VQVAEConfig
 from stage1_vqvae.model import VQVAE
+from tests.conftest import read_metrics
 from tests.procs import assert_same_weights, marker, max_difference, run, start, wait_for, weights
 
 STAGE1 = [
@@ -24,8 +25,8 @@ STAGE1 = [
     "--model.base_channels", "8", "--model.codebook_size", "32", "--train.warmup_steps", "2",
     "--train.log_every", "2", "--train.eval_every", "0", "--train.image_every", "0", "--train.checkpoint_every", "0",
     "--train.report_to", "none", "--num_eval_images", "32",
-    # k-means over two batches, and dead-code restarts every 2 steps (a threshold of 5 restarts every code)
-    "--codebook.kmeans_batches", "2", "--codebook.restart_every", "2", "--codebook.dead_code_threshold", "5",
+    # k-means over two batches, and dead-code restarts every 2 steps (this threshold makes some happen)
+    "--codebook.kmeans_batches", "2", "--codebook.restart_every", "2", "--codebook.dead_code_threshold", "1.3",
 ]  # fmt: skip
 
 STAGE2 = [
@@ -62,6 +63,8 @@ def test_stage1_two_processes_match_one(tmp_path, shapes_cache):
     )
     assert_ranks_agree(tmp_path / "ddp" / "checkpoints" / "checkpoint-6", world_size=2)
     assert_ranks_agree(tmp_path / "one" / "checkpoints" / "checkpoint-6", world_size=1)
+    restarts = [m.get("train/restarted_codes", 0) for m in read_metrics(tmp_path / "one")]
+    assert sum(restarts) > 0  # the codebook restarts were exercised
     ddp, one = weights(tmp_path / "ddp" / "vqvae"), weights(tmp_path / "one" / "vqvae")
     # Weights (conv kernels, the codebook) agree to float noise (a wrong data split, gradient average or
     # codebook restart moves them by ~learning rate = 1e-3 per step). Biases that feed a per-channel
@@ -163,7 +166,9 @@ def test_stream_is_split_across_processes_and_resumes_by_position(parquet_shards
         cfg = DataConfig(source="hf", path=str(folder), streaming=True)
         stream, evaluation = load_streaming_train_eval(cfg, max_eval=16)
         assert len(evaluation) == 16 and stream.n_shards == (4 if total == 256 else 1)
-        parts = [StreamingImageCaptions(stream, 32, seed=0, buffer_size=32, rank=r, world_size=2) for r in (0, 1)]
+        parts = [
+            StreamingImageCaptions(stream, 32, seed=0, buffer_size=32, rank=r, world_size=2) for r in (0, 1)
+        ]
         for epoch in (0, 1):
             for part in parts:
                 part.set_position(epoch)
