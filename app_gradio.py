@@ -20,10 +20,12 @@ import argparse  # noqa: E402
 import logging  # noqa: E402
 import secrets  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
 import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import gradio as gr  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
 
 from minidalle.images import upscale  # noqa: E402
 from pipeline import MiniDallePipeline  # noqa: E402
@@ -87,6 +89,7 @@ def build_app(
                 )  # fmt: skip
             for w in caught:
                 gr.Warning(str(w.message).split(": ", 1)[0] + ": it was cut to fit.")
+            started = time.perf_counter()
             done: list = []  # images of the finished batches
             progress(0.0, desc="Sampling")
             for event in stream:
@@ -95,9 +98,12 @@ def build_app(
                     shown = done
                 else:
                     shown = done + event.images
-                progress(event.progress, desc=f"Row {event.row + 1} of {event.num_rows}")
-                yield show(shown), kwargs["seed"]
-            yield show(stream.output.images), stream.output.seed
+                desc = f"Row {event.row + 1} of {event.num_rows}"
+                progress(event.progress, desc=desc)
+                yield show(shown), kwargs["seed"], f"Sampling: {desc.lower()}, {event.progress:.0%} done..."
+            output = stream.output
+            seconds = time.perf_counter() - started
+            yield show(output.images), output.seed, f"Done: {len(output.images)} images in {seconds:.1f} s."
         except ValueError as err:  # invalid settings: the pipeline's message names the argument and range
             raise gr.Error(str(err), print_exception=False) from None
         except gr.Error:
@@ -151,10 +157,9 @@ def build_app(
             gr.Examples(examples=[[e] for e in examples], inputs=[prompt], label="Example prompts")
         inputs = [prompt, num_images, temperature, top_k, top_p, guidance, seed, randomize]
         # The progress bar goes on the status line, so it does not cover the gallery filling up.
-        button.click(generate, inputs, [gallery, seed_used], api_name="generate", show_progress_on=[status])
-        prompt.submit(
-            generate, inputs, [gallery, seed_used], api_visibility="undocumented", show_progress_on=[status]
-        )
+        outputs = [gallery, seed_used, status]
+        button.click(generate, inputs, outputs, api_name="generate", show_progress_on=[status])
+        prompt.submit(generate, inputs, outputs, api_visibility="undocumented", show_progress_on=[status])
     return demo
 
 
@@ -204,6 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     model = resolve_model(args.model)
+    hf_logging.disable_progress_bar()  # the "Loading weights" bar is noise here
     for name in ("concurrency_limit", "max_queue", "max_images"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")

@@ -18,6 +18,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from transformers.utils import logging as hf_logging
+
 from minidalle.images import captioned_grid
 
 from .pipeline import MiniDallePipeline
@@ -77,6 +79,7 @@ def _generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     prompts = read_prompts(args)
+    hf_logging.disable_progress_bar()  # the "Loading weights" bar is noise here
     pipe = MiniDallePipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype)
     extra = {}
     if args.image is not None:

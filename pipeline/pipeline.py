@@ -267,8 +267,10 @@ class MiniDallePipeline:
         number asked), keep the ``num_images_per_prompt`` that CLIP finds closest to the prompt.
         """
         request = self._prepare(
-            prompts, num_images_per_prompt, temperature, top_k, top_p, guidance_scale, seed, batch_size,
-            return_codes, image, keep_rows, rerank_with, num_candidates,
+            prompts, num_images_per_prompt=num_images_per_prompt, temperature=temperature, top_k=top_k,
+            top_p=top_p, guidance_scale=guidance_scale, seed=seed, batch_size=batch_size,
+            return_codes=return_codes, image=image, keep_rows=keep_rows, rerank_with=rerank_with,
+            num_candidates=num_candidates,
         )  # fmt: skip
         return self._run(request, on_row)
 
@@ -280,14 +282,7 @@ class MiniDallePipeline:
         """
         if "on_row" in kwargs:
             raise TypeError("stream() reports rows itself; do not pass on_row.")
-        names = ("num_images_per_prompt", "temperature", "top_k", "top_p", "guidance_scale", "seed",
-                 "batch_size", "return_codes", "image", "keep_rows", "rerank_with", "num_candidates")  # fmt: skip
-        unknown = sorted(set(kwargs) - set(names))
-        if unknown:
-            raise TypeError(f"stream() got unexpected arguments {unknown}; allowed: {list(names)}.")
-        defaults = {"num_images_per_prompt": 1, "return_codes": False}
-        args = [kwargs.get(n, defaults.get(n)) for n in names]
-        request = self._prepare(prompts, *args)
+        request = self._prepare(prompts, **kwargs)  # same keywords as __call__; unknown ones are errors
         return GenerationStream(lambda on_row: self._run(request, on_row))
 
     def complete(self, image: Image.Image, prompt: str, keep_rows: int, **kwargs) -> PipelineOutput:
@@ -312,17 +307,32 @@ class MiniDallePipeline:
     # internals
 
     def _prepare(
-        self, prompts, num_images_per_prompt, temperature, top_k, top_p, guidance_scale, seed, batch_size,
-        return_codes, image, keep_rows, rerank_with, num_candidates,
-    ) -> _Request:  # fmt: skip
+        self,
+        prompts,
+        *,
+        num_images_per_prompt=1,
+        temperature=None,
+        top_k=None,
+        top_p=None,
+        guidance_scale=None,
+        seed=None,
+        batch_size=None,
+        return_codes=False,
+        image=None,
+        keep_rows=None,
+        rerank_with=None,
+        num_candidates=None,
+    ) -> _Request:
         cfg = self.config
         prompts = _check_prompts(prompts)
-        _check_int("num_images_per_prompt", num_images_per_prompt, 1, None)
+        num_images_per_prompt = _check_int("num_images_per_prompt", num_images_per_prompt, 1, None)
         temperature = cfg.temperature if temperature is None else temperature
         top_k = cfg.top_k if top_k is None else top_k
         top_p = cfg.top_p if top_p is None else top_p
         guidance_scale = cfg.guidance_scale if guidance_scale is None else guidance_scale
         check_sampling_args(temperature, top_k, top_p, guidance_scale)
+        if top_k is not None:
+            top_k = int(top_k)
         if top_k is not None and top_k >= self.layout.codebook_size:
             top_k = None  # keeps every code anyway
         if top_p is not None and top_p >= 1.0:
@@ -340,12 +350,12 @@ class MiniDallePipeline:
                     f"got {type(rerank_with).__name__}."
                 )
             per_prompt = 2 * num_images_per_prompt if num_candidates is None else num_candidates
-            _check_int("num_candidates", per_prompt, num_images_per_prompt, None)
+            per_prompt = _check_int("num_candidates", per_prompt, num_images_per_prompt, None)
 
         total = len(prompts) * per_prompt
         if batch_size is None:
             batch_size = min(total, cfg.batch_size)
-        _check_int("batch_size", batch_size, 1, cfg.max_batch_size)
+        batch_size = _check_int("batch_size", batch_size, 1, cfg.max_batch_size)
 
         if seed is None:
             seed = secrets.randbelow(2**31)  # small enough to show and type back in a UI
@@ -355,12 +365,9 @@ class MiniDallePipeline:
                     f"seed must be one integer or a list with one integer per prompt ({len(prompts)}); "
                     f"got a list of {len(seed)}."
                 )
-            for i, s in enumerate(seed):
-                _check_int(f"seed[{i}]", s, 0, MAX_SEED)
-            seed = [int(s) for s in seed]
+            seed = [_check_int(f"seed[{i}]", s, 0, MAX_SEED) for i, s in enumerate(seed)]
         else:
-            _check_int("seed", seed, 0, MAX_SEED)
-            seed = int(seed)
+            seed = _check_int("seed", seed, 0, MAX_SEED)
 
         prefix = None
         if image is None and keep_rows is not None:
@@ -370,7 +377,7 @@ class MiniDallePipeline:
                 raise ValueError(
                     f"image completion needs keep_rows, the rows to keep, in [0, {self.layout.grid_h}]."
                 )
-            _check_int("keep_rows", keep_rows, 0, self.layout.grid_h)
+            keep_rows = _check_int("keep_rows", keep_rows, 0, self.layout.grid_h)
             images = [image] if isinstance(image, Image.Image) else list(image)
             if not all(isinstance(im, Image.Image) for im in images):
                 raise ValueError("image must be a PIL image or a list of PIL images (one per prompt).")
@@ -607,13 +614,14 @@ def _check_prompts(prompts) -> list[str]:
     return list(prompts)
 
 
-def _check_int(name: str, value, low: int, high: int | None, note: str = "") -> None:
+def _check_int(name: str, value, low: int, high: int | None, note: str = "") -> int:
     in_range = f"in [{low}, {high}]" if high is not None else f">= {low}"
     ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
     ok = ok or (isinstance(value, float) and value.is_integer())  # e.g. 4.0 from a UI number box
     if not ok or value < low or (high is not None and value > high):
         extra = f" ({note})" if note else ""
         raise ValueError(f"{name} must be an integer {in_range}{extra}, got {value!r}.")
+    return int(value)
 
 
 def _is_number(value) -> bool:

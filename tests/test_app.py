@@ -105,8 +105,8 @@ def _downsample(path: str, factor: int = 8) -> np.ndarray:
 
 
 def test_generate_returns_the_requested_lossless_images(client, model_dir):
-    gallery, seed_used = client.predict(*SETTINGS, api_name="/generate")
-    assert len(gallery) == 3 and seed_used == 5
+    gallery, seed_used, status = client.predict(*SETTINGS, api_name="/generate")
+    assert len(gallery) == 3 and seed_used == 5 and status.startswith("Done: 3 images")
     for item in gallery:
         assert Image.open(item["image"]).format == "PNG" and Image.open(item["image"]).size == (256, 256)
     torch.set_num_threads(1)
@@ -116,7 +116,7 @@ def test_generate_returns_the_requested_lossless_images(client, model_dir):
     for item, image in zip(gallery, expected.images):
         assert np.array_equal(_downsample(item["image"]), np.asarray(image))
     # with "randomise", the app picks a seed and shows it back
-    _, drawn = client.predict(PROMPT, 1, 1.0, 32, 1.0, 3.0, 5, True, api_name="/generate")
+    _, drawn, _ = client.predict(PROMPT, 1, 1.0, 32, 1.0, 3.0, 5, True, api_name="/generate")
     assert isinstance(drawn, (int, float)) and drawn == int(drawn) and 0 <= drawn < 2**31
 
 
@@ -124,6 +124,7 @@ def test_images_arrive_row_by_row(client):
     job = client.submit(PROMPT, 2, 1.0, 32, 1.0, 3.0, 1, False, api_name="/generate")
     updates = list(job)  # every yielded gallery, in order
     assert len(updates) >= 8 + 1  # one per sampled row, then the final images
+    assert updates[0][2].startswith("Sampling: row 1 of 8") and updates[-1][2].startswith("Done: 2 images")
     first = _downsample(updates[0][0][0]["image"])  # after row 0: rows 1..7 of the 8x8 codes are grey
     assert (first[4:] == 128).all() and not (first[:4] == 128).all()
     assert not (_downsample(updates[-1][0][0]["image"])[4:] == 128).all()
@@ -142,7 +143,7 @@ def test_invalid_requests_show_an_error_and_the_app_keeps_serving(client):
     for args, match in bad:
         with pytest.raises(AppError, match=match):
             client.predict(*args, api_name="/generate")
-    gallery, _ = client.predict(*SETTINGS, api_name="/generate")
+    gallery, _, _ = client.predict(*SETTINGS, api_name="/generate")
     assert len(gallery) == 3
 
 
@@ -152,8 +153,8 @@ def test_eight_concurrent_requests_all_complete(client):
     ]
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda job: job.result(timeout=120), jobs))
-    assert [len(gallery) for gallery, _ in results] == [2] * 8
-    assert [seed for _, seed in results] == list(range(8))
+    assert [len(gallery) for gallery, _, _ in results] == [2] * 8
+    assert [seed for _, seed, _ in results] == list(range(8))
 
 
 # ------------------------------------------------------------------------------------------------

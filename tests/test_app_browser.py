@@ -32,6 +32,7 @@ def test_type_a_prompt_click_generate_and_see_the_images(tmp_path):
             page.get_by_label("Randomise seed").uncheck()
             page.locator("#generate").click()
             # the default is 4 images; each must be a decoded picture, not a broken link
+            expect(page.locator("#status")).to_contain_text("Done: 4 images", timeout=60_000)
             page.wait_for_function(
                 "() => [...document.querySelectorAll('#gallery img')]"
                 ".filter(img => img.complete && img.naturalWidth > 0).length === 4",
@@ -45,5 +46,9 @@ def test_type_a_prompt_click_generate_and_see_the_images(tmp_path):
             page.locator("#prompt textarea").fill("   ")
             page.locator("#generate").click()
             expect(page.get_by_text("Enter a prompt")).to_be_visible(timeout=30_000)
+            page.locator("#prompt textarea").fill("a large blue square in the center")
+            page.get_by_label("Seed", exact=True).fill("7")
+            page.locator("#generate").click()
+            expect(page.locator("#seed-used input")).to_have_value("7", timeout=60_000)
         finally:
             browser.close()

@@ -343,6 +343,8 @@ def test_stream_yields_rows_then_the_output(pipe):
     assert early.output is None
     with pytest.raises(ValueError, match="temperature"):
         pipe.stream(PROMPTS[0], temperature=0)  # checked on the call, before any iteration
+    with pytest.raises(TypeError):
+        pipe.stream(PROMPTS[0], temprature=1.0)
 
 
 def test_forced_dtype_and_device(model_dir):

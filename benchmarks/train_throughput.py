@@ -1,0 +1,270 @@
+"""Training throughput of both stages: images/s (stage 1), tokens/s (stage 2), peak memory, FLOPs and MFU.
+
+    python benchmarks/train_throughput.py [--sizes tiny mid] [--stages 1 2] [--device cuda] \\
+        [--out benchmarks/results/train_throughput.json]
+
+Each (stage, size) runs in its own process (so peak memory is its own) and times full optimizer steps
+on random inputs of the right shapes: forward, loss, backward, gradient clipping and AdamW, the work of
+one step of the train scripts without data loading. "tiny" is configs/stage1_tiny.yaml and
+configs/stage2_tiny.yaml; "mid" is defined here (128x128 images to 16x16 codes; a 8-layer, 512-wide
+transformer over 32 caption + 256 image tokens). FLOPs per step are counted by
+``torch.utils.flop_counter.FlopCounterMode`` over one step (convolutions, matmuls, attention; forward
+and backward); for stage 2 the 6 x parameters x tokens estimate is shown beside it. On a GPU, MFU is
+counted FLOPs per second over the chip's dense peak for the precision used (bf16 autocast by default;
+``--peak-tflops`` overrides the table). Peak memory is ``torch.cuda.max_memory_allocated`` on a GPU
+and the process's maximum resident set size on the CPU. Timings are the median step of ``--steps``
+after ``--warmup`` steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+
+from minidalle.config import parse_config  # noqa: E402
+from stage1_vqvae.config import VQVAEConfig  # noqa: E402
+from stage1_vqvae.model import VQVAE  # noqa: E402
+from stage1_vqvae.run_config import Stage1RunConfig  # noqa: E402
+from stage2_transformer.layout import SequenceLayout  # noqa: E402
+from stage2_transformer.loss import weighted_lm_loss  # noqa: E402
+from stage2_transformer.model import TransformerConfig, build_transformer, count_parameters  # noqa: E402
+from stage2_transformer.run_config import Stage2RunConfig  # noqa: E402
+
+# Dense peak TFLOP/s by device name (substring, first match), bf16 and tf32/fp32 tensor cores.
+PEAK_TFLOPS = [
+    ("H200", {"bf16": 989.0, "fp32": 494.0}),
+    ("H100 PCIe", {"bf16": 756.0, "fp32": 378.0}),
+    ("H100", {"bf16": 989.0, "fp32": 494.0}),
+    ("A100", {"bf16": 312.0, "fp32": 156.0}),
+    ("L40S", {"bf16": 362.0, "fp32": 183.0}),
+    ("L4", {"bf16": 121.0, "fp32": 60.0}),
+    ("A10", {"bf16": 125.0, "fp32": 62.5}),
+    ("4090", {"bf16": 165.0, "fp32": 82.6}),
+]
+
+
+def stage1_setting(size: str, device: str) -> tuple[VQVAEConfig, int]:
+    """(model config, batch size)."""
+    if size == "tiny":
+        cfg = parse_config(Stage1RunConfig, ["--config", str(ROOT / "configs" / "stage1_tiny.yaml")])
+        return cfg.model, cfg.train.batch_size
+    model = VQVAEConfig(resolution=128, base_channels=64, channel_multipliers=[1, 1, 2, 2], num_res_blocks=1,
+                        codebook_size=1024, codebook_dim=8)  # fmt: skip
+    return model, 32 if device == "cuda" else 4
+
+
+def stage2_setting(size: str, device: str) -> tuple[TransformerConfig, SequenceLayout, int]:
+    """(model config, sequence layout, batch size)."""
+    if size == "tiny":
+        cfg = parse_config(Stage2RunConfig, ["--config", str(ROOT / "configs" / "stage2_tiny.yaml")])
+        layout = SequenceLayout(text_len=cfg.tokenizer.text_len, text_vocab_size=cfg.tokenizer.vocab_size,
+                                codebook_size=512, grid_h=8, grid_w=8, pad_id=0)  # fmt: skip
+        return cfg.model, layout, cfg.train.batch_size
+    layout = SequenceLayout(
+        text_len=32, text_vocab_size=4096, codebook_size=1024, grid_h=16, grid_w=16, pad_id=0
+    )
+    return (
+        TransformerConfig(hidden_size=512, num_layers=8, num_heads=8),
+        layout,
+        32 if device == "cuda" else 4,
+    )
+
+
+def make_step(stage: int, size: str, device: str, dtype: torch.dtype | None):
+    """(step function, facts about the setting). step() runs one optimizer step."""
+    generator = torch.Generator().manual_seed(0)
+    if stage == 1:
+        cfg, batch = stage1_setting(size, device)
+        model = VQVAE(cfg).to(device).train()
+        inputs = (torch.rand(batch, 3, cfg.resolution, cfg.resolution, generator=generator) * 2 - 1).to(
+            device
+        )
+
+        def loss_fn():
+            out = model(inputs)
+            return model.loss(inputs, out)[0]
+
+        facts = {"batch_size": batch, "resolution": cfg.resolution, "grid": cfg.grid_size,
+                 "codebook_size": cfg.codebook_size, "unit": "images/s", "items_per_step": batch}  # fmt: skip
+    else:
+        cfg, layout, batch = stage2_setting(size, device)
+        model = build_transformer(cfg, layout).to(device).train()
+        text = torch.randint(1, layout.text_vocab_size, (batch, layout.text_len), generator=generator)
+        codes = torch.randint(0, layout.codebook_size, (batch, layout.num_image_tokens), generator=generator)
+        seq = layout.build(text, codes).to(device)  # (B, L)
+
+        def loss_fn():
+            logits = model(input_ids=seq[:, :-1], use_cache=False).logits  # (B, L-1, V)
+            return weighted_lm_loss(logits, seq, layout)[0]
+
+        tokens = batch * (layout.seq_len - 1)
+        facts = {"batch_size": batch, "seq_len": layout.seq_len, "hidden_size": cfg.hidden_size,
+                 "num_layers": cfg.num_layers, "unit": "tokens/s", "items_per_step": tokens,
+                 "flops_6nd_per_step": 6 * count_parameters(model) * tokens}  # fmt: skip
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    autocast = torch.autocast(device_type=device, dtype=dtype) if dtype is not None else None
+
+    def step():
+        if autocast is not None:
+            with autocast:
+                loss = loss_fn()
+        else:
+            loss = loss_fn()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    facts["params"] = sum(p.numel() for p in model.parameters())
+    return step, facts
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure_one(stage: int, size: str, device: str, precision: str, steps: int, warmup: int) -> dict:
+    """Runs in a child process: time one setting and report it as a dict."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+    torch.manual_seed(0)
+    step, facts = make_step(stage, size, device, dtype)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:  # one step, also a warm-up
+        step()
+    flops = counter.get_total_flops()
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
+    if device == "cuda":
+        peak_mb = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    result = {
+        "stage": stage, "size": size, **facts, "step_ms": 1000 * seconds,
+        "throughput": facts["items_per_step"] / seconds, "peak_memory_mb": peak_mb,
+        "flops_per_step": flops, "achieved_tflops": flops / seconds / 1e12,
+    }  # fmt: skip
+    if device == "cuda":
+        result["device_name"] = torch.cuda.get_device_name()
+    return result
+
+
+def peak_tflops(device_name: str, precision: str, override: float | None) -> float | None:
+    if override:
+        return override
+    key = "fp32" if precision == "fp32" else "bf16"
+    for name, peaks in PEAK_TFLOPS:
+        if name in device_name:
+            return peaks[key]
+    return None
+
+
+def print_table(rows: list[dict]) -> None:
+    header = f"{'stage':>5} {'size':>5} {'params':>8} {'batch':>5} {'throughput':>18} {'step ms':>8} " \
+             f"{'peak MB':>8} {'GFLOP/step':>10} {'TFLOP/s':>8} {'MFU':>6}"  # fmt: skip
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "-"
+        value = r["throughput"]
+        throughput = f"{value:,.0f} {r['unit']}" if value >= 100 else f"{value:.2f} {r['unit']}"
+        print(f"{r['stage']:>5} {r['size']:>5} {r['params'] / 1e6:>7.2f}M {r['batch_size']:>5} {throughput:>18} "
+              f"{r['step_ms']:>8.1f} {r['peak_memory_mb']:>8.0f} {r['flops_per_step'] / 1e9:>10.2f} "
+              f"{r['achieved_tflops']:>8.3f} {mfu:>6}")  # fmt: skip
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stages", type=int, nargs="+", default=[1, 2], choices=[1, 2])
+    p.add_argument("--sizes", nargs="+", default=["tiny", "mid"], choices=["tiny", "mid"])
+    p.add_argument("--device", help="default: cuda when present, else cpu")
+    p.add_argument("--precision", choices=["bf16", "fp16", "fp32"], help="default: bf16 on cuda, fp32 on cpu")
+    p.add_argument("--steps", type=int, help="timed steps (default: 20 on cuda, 3 on cpu)")
+    p.add_argument("--warmup", type=int, help="untimed steps first (default: 3 on cuda, 1 on cpu)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--peak-tflops", type=float, help="the device's dense peak, for MFU (default: a table)")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_throughput.json"))
+    p.add_argument("--one", nargs=2, metavar=("STAGE", "SIZE"), help=argparse.SUPPRESS)  # child process
+    args = p.parse_args(argv)
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.precision = args.precision or ("bf16" if args.device == "cuda" else "fp32")
+    args.steps = args.steps or (20 if args.device == "cuda" else 3)
+    args.warmup = args.warmup if args.warmup is not None else (3 if args.device == "cuda" else 1)
+    if args.steps < 1 or args.warmup < 0:
+        p.error("--steps must be >= 1 and --warmup >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.one:
+        result = measure_one(
+            int(args.one[0]), args.one[1], args.device, args.precision, args.steps, args.warmup
+        )
+        print(json.dumps(result))
+        return result
+    rows = []
+    for size in args.sizes:
+        for stage in args.stages:
+            command = [sys.executable, __file__, "--one", str(stage), size, "--device", args.device,
+                       "--precision", args.precision, "--steps", str(args.steps), "--warmup", str(args.warmup)]  # fmt: skip
+            if args.threads:
+                command += ["--threads", str(args.threads)]
+            done = subprocess.run(
+                command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}
+            )
+            if done.returncode != 0:
+                raise RuntimeError(f"stage {stage} {size} failed:\n{done.stderr[-4000:]}")
+            row = json.loads(done.stdout.strip().splitlines()[-1])
+            peak = peak_tflops(row.get("device_name", ""), args.precision, args.peak_tflops)
+            row["mfu"] = row["achieved_tflops"] / peak if (args.device == "cuda" and peak) else None
+            row["peak_tflops"] = peak if args.device == "cuda" else None
+            rows.append(row)
+    print_table(rows)
+    report = {
+        "device": args.device,
+        "device_name": rows[0].get("device_name") if rows else None,
+        "precision": args.precision,
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "threads": args.threads or torch.get_num_threads(),
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "results": rows,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
