@@ -42,7 +42,7 @@ from stage1_vqvae.model import VQVAE
 from stage2_transformer.layout import LAYOUT_FILE, SequenceLayout
 from stage2_transformer.model import load_transformer, save_transformer
 from stage2_transformer.precompute import vqvae_fingerprint
-from stage2_transformer.sampling import sample_image_codes
+from stage2_transformer.sampling import DEFAULT_GUIDANCE_PLAUSIBILITY, sample_image_codes
 from stage2_transformer.tokenizer import encode_captions, load_caption_tokenizer
 
 PIPELINE_CONFIG_FILE = "pipeline_config.json"
@@ -78,6 +78,9 @@ class PipelineConfig:
     top_k: int | None = None  # None: no top-k cut
     top_p: float | None = None  # None: no nucleus cut
     guidance_scale: float = 3.0  # 1: no classifier-free guidance
+    # With guidance, codes the conditional model gives less than this fraction of its top code's
+    # probability are never sampled (0 disables): see stage2_transformer.sampling.
+    guidance_plausibility: float = DEFAULT_GUIDANCE_PLAUSIBILITY
     batch_size: int = 16  # default images per forward pass (guidance doubles the rows)
     max_batch_size: int = 256  # larger batch_size arguments are refused
     # sha256 prefix of vqvae/config.json + model.safetensors: catches a swapped-in stage-1 model
@@ -92,6 +95,8 @@ class PipelineConfig:
                 f"{FORMAT_VERSION}. Re-assemble the folder with python -m pipeline.assemble."
             )
         check_sampling_args(self.temperature, self.top_k, self.top_p, self.guidance_scale)
+        if not _is_number(self.guidance_plausibility) or not 0 <= self.guidance_plausibility < 1:
+            raise ValueError(f"guidance_plausibility must lie in [0, 1), got {self.guidance_plausibility!r}.")
         _check_int("max_batch_size", self.max_batch_size, 1, 1 << 20)
         _check_int("batch_size", self.batch_size, 1, self.max_batch_size)
 
@@ -447,7 +452,7 @@ class MiniDallePipeline:
             codes = sample_image_codes(
                 self.transformer, layout, text_ids, temperature=request.temperature, top_k=request.top_k,
                 top_p=request.top_p, guidance_scale=request.guidance_scale, generator=generators,
-                prefix_codes=prefix, on_row=row_callback,
+                prefix_codes=prefix, on_row=row_callback, guidance_plausibility=self.config.guidance_plausibility,
             )  # fmt: skip  # (b, h, w)
             all_codes.append(codes.cpu())
         codes = torch.cat(all_codes)  # (N, h, w)

@@ -19,7 +19,9 @@ from pipeline import MiniDallePipeline
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="outputs/pipeline_tiny", help="an assembled pipeline folder")
     parser.add_argument("--out", default="outputs/heldout", help="folder for the grid and scores")
     parser.add_argument("--num-captions", type=int, default=128, help="held-out captions to sample")
@@ -29,7 +31,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     pipe = MiniDallePipeline.from_pretrained(args.model)
     resolution = pipe.vqvae.config.resolution
-    captions = [ex["text"] for ex in generate_examples("validation", args.num_captions, resolution=resolution, seed=99)]
+    captions = [
+        ex["text"]
+        for ex in generate_examples("validation", args.num_captions, resolution=resolution, seed=99)
+    ]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = {"model": args.model, "num_captions": len(captions), "scores": {}}
