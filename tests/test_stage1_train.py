@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -51,6 +52,16 @@ def test_train_writes_checkpoints_grids_logs_and_model(tmp_path, shapes_cache):
     evals = [m for m in metrics if "eval/psnr_db" in m]
     assert evals and all(0 < m["eval/codebook_usage_pct"] <= 100 for m in evals)
     assert "eval/checker_readings_pct" in evals[-1]
+    # the evaluation command reports on the held-out split and writes JSON
+    from stage1_vqvae.evaluate import main as evaluate
+
+    report = evaluate(["--config", "configs/stage1_tiny.yaml", "--model", str(out / "vqvae"),
+                       "--data.builtin_cache_dir", str(shapes_cache), "--data.builtin_train_size", "256",
+                       "--data.builtin_eval_size", "32", "--output_json", str(tmp_path / "eval.json")])  # fmt: skip
+    assert report["images"] == 32 and report["psnr_db"] == pytest.approx(evals[-1]["eval/psnr_db"], abs=1e-3)
+    assert (
+        json.loads((tmp_path / "eval.json").read_text())["codebook_usage_pct"] == report["codebook_usage_pct"]
+    )
 
 
 def test_resume_continues_exactly(tmp_path, shapes_cache):

@@ -75,6 +75,20 @@ def test_train_writes_checkpoints_samples_and_model(tmp_path, vqvae_dir, shapes_
     assert evals[-1]["eval/uniform_bits_per_image"] == pytest.approx(64 * 5)
     assert evals[-1]["eval/bits_per_image"] < evals[-1]["eval/uniform_bits_per_image"]
     assert json.loads((out / "stage1.json").read_text())["codebook_size"] == 32
+    # the evaluation command: bits per image with and without the caption, and checker scores of samples
+    from stage2_transformer.evaluate import main as evaluate
+
+    report = evaluate(["--config", "configs/stage2_tiny.yaml", "--run", str(out), "--data.builtin_cache_dir",
+                       str(shapes_cache), "--data.builtin_train_size", "256", "--data.builtin_eval_size", "32",
+                       "--codes.cache_dir", str(tmp_path / "codes"), "--num_samples", "4"])  # fmt: skip
+    saved = json.loads((out / "eval_metrics.json").read_text())
+    assert (
+        saved == report
+        and report["examples"] == 32
+        and report["uniform_bits_per_image"] == pytest.approx(320)
+    )
+    assert 0 < report["bits_per_image"] < 320 and report["bits_per_image_empty_caption"] > 0
+    assert report["samples_per_setting"] == 4 and 0 <= report["samples_all_four_pct_cfg3"] <= 100
 
 
 def test_resume_continues_exactly(tmp_path, vqvae_dir, shapes_cache):
