@@ -30,7 +30,7 @@ from stage2_transformer.tokenizer import load_caption_tokenizer
 @dataclass
 class Stage2EvalConfig:
     run: str = "outputs/stage2_tiny"  # a stage-2 output folder (transformer/, tokenizer/, stage1.json)
-    vqvae: str | None = None  # default: the stage-1 model recorded in <run>/stage1.json
+    vqvae: str | None = None  # only for runs without <run>/stage1.json, which records the stage-1 model
     data: data_lib.DataConfig = field(default_factory=data_lib.DataConfig)
     codes: CodesConfig = field(default_factory=CodesConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -51,7 +51,12 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(Stage2EvalConfig, argv, description=__doc__)
     accelerator = Accelerator()
     run = Path(cfg.run)
-    vqvae_dir = cfg.vqvae or json.loads((run / "stage1.json").read_text())["path"]
+    # The stage-1 model the run actually trained on (recorded by train.py) wins over the `vqvae` key of
+    # a shared YAML file; `vqvae` is used only for runs without that record.
+    record = run / "stage1.json"
+    vqvae_dir = json.loads(record.read_text())["path"] if record.is_file() else cfg.vqvae
+    if vqvae_dir is None:
+        raise FileNotFoundError(f"{record} is missing: pass --vqvae, the stage-1 model folder the run used.")
     vqvae = VQVAE.from_pretrained(vqvae_dir, device=accelerator.device)
     model, layout = load_transformer(run / "transformer")
     model.to(accelerator.device)
