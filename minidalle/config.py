@@ -172,6 +172,18 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def load_json_object(path: str | Path) -> dict[str, Any]:
+    """Read a JSON file that must hold an object; malformed files raise ConfigError naming the file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a JSON object, got {type(data).__name__}.")
+    return data
+
+
 def parse_config(cls: type[T], argv: list[str] | None = None, description: str | None = None) -> T:
     """Parse ``--config FILE`` and ``--dotted.key value`` overrides into an instance of ``cls``.
 

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from minidalle.config import ConfigError, build_dataclass
+from minidalle.config import ConfigError, build_dataclass, load_json_object
 from minidalle.data import pil_to_tensor, resize_center_crop, tensor_to_pil, to_rgb
 from stage1_vqvae.model import VQVAE
 from stage2_transformer.layout import LAYOUT_FILE, SequenceLayout
@@ -103,12 +103,7 @@ class PipelineConfig:
     @classmethod
     def load(cls, path: str | Path) -> PipelineConfig:
         path = Path(path)
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path} is not valid JSON: {err}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path} must hold a JSON object, got {type(raw).__name__}.")
+        raw = load_json_object(path)
         try:
             return build_dataclass(cls, raw, where=str(path))
         except ValueError as err:

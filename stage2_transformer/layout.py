@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from minidalle.config import load_json_object
+
 LAYOUT_FILE = "sequence_layout.json"
 
 _DERIVED = ("image_offset", "boi_id", "vocab_size", "num_image_tokens", "seq_len")
@@ -164,12 +166,7 @@ class SequenceLayout:
                 f"No {LAYOUT_FILE} at {path}: a stage-2 model folder must hold the sequence layout "
                 "written by save_transformer()."
             )
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from err
-        if not isinstance(data, dict):
-            raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}.")
+        data = load_json_object(path)  # ConfigError (a ValueError) for a malformed file
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(data) - set(names) - set(_DERIVED))
         if unknown:

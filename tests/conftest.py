@@ -34,3 +34,14 @@ def read_metrics(output_dir: Path) -> list[dict]:
 def shapes_cache(tmp_path_factory) -> Path:
     """A folder that caches the built-in dataset across the tests of one session."""
     return tmp_path_factory.mktemp("builtin_shapes")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny matrices gain nothing from threads, and OpenMP threads stall when other jobs share the CPUs."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -44,13 +44,7 @@ WEIRD = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny matrices gain nothing from threads, and OpenMP threads stall when other jobs share the CPUs
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
