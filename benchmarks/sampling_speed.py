@@ -4,9 +4,14 @@
         [--guidance-scale 3] [--device cpu] [--out benchmarks/results/sampling_speed.json]
 
 For each batch size, with guidance off (scale 1) and on (conditional and unconditional halves in one
-batched pass), it times ``sample_image_codes`` with ``use_cache=True`` and ``use_cache=False`` on the
-same model and prompts, and reports images per second (image codes only; the VQ-VAE decode is not
-timed) and the cache's speedup. Without ``--model`` it builds a random model the size of the tiny demo
+batched pass), it times ``sample_image_codes`` on the same model and prompts three ways:
+
+- ``recompute``: no cache, the whole sequence is run again at every step (the baseline);
+- ``hf-cache``: transformers' own forward with its ``DynamicCache``;
+- ``kv-cache``: the pipeline's default, ``KVDecoder`` (preallocated cache, fused projections);
+
+and reports images per second (image codes only; the VQ-VAE decode is not timed) and each way's speedup
+over recomputation. Without ``--model`` it builds a random model the size of the tiny demo
 (8x8 codes from a book of 512, 16 caption tokens, hidden 192, 4 layers): weights do not change the
 speed, and it runs anywhere. Each setting runs ``--repeats`` times after one warm-up; the best run
 counts (the least disturbed by other jobs on the machine).
@@ -39,7 +44,10 @@ DEMO_MODEL = TransformerConfig(hidden_size=192, num_layers=4, num_heads=4)
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="a pipeline folder (default: a random model of the demo's size)")
+    p.add_argument("--model", help="a pipeline folder (default: a random model, see --size)")
+    p.add_argument("--size", choices=["demo", "gpu"], default="demo",
+                   help="the random model's size: the tiny demo's, or configs/stage2_gpu.yaml's (353M "
+                        "parameters, 64 caption tokens + 32x32 codes from a book of 8192)")  # fmt: skip
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--guidance-scale", type=float, default=3.0, help="the 'guidance on' setting (default 3)")
     p.add_argument("--repeats", type=int, default=2, help="timed runs per setting; the best counts")
@@ -62,12 +70,34 @@ def load_model(args: argparse.Namespace):
 
         pipe = MiniDallePipeline.from_pretrained(args.model, device=device, dtype=dtype)
         return pipe.transformer, pipe.layout, f"{args.model}"
+    model_cfg, layout = (DEMO_MODEL, DEMO_LAYOUT) if args.size == "demo" else gpu_size()
     torch.manual_seed(0)
-    model = build_transformer(DEMO_MODEL, DEMO_LAYOUT).to(device=device, dtype=dtype).eval()
-    return model, DEMO_LAYOUT, "random model of the demo's size"
+    with torch.device(device):
+        model = build_transformer(model_cfg, layout).to(dtype=dtype).eval()
+    return model, layout, f"random model of the {args.size} config's size"
 
 
-def time_sampling(model, layout, batch: int, guidance: float, use_cache: bool, repeats: int) -> float:
+def gpu_size() -> tuple[TransformerConfig, SequenceLayout]:
+    """The model and layout of configs/stage2_gpu.yaml over the codes of configs/stage1_gpu.yaml."""
+    from minidalle.config import parse_config
+    from stage1_vqvae.run_config import Stage1RunConfig
+    from stage2_transformer.run_config import Stage2RunConfig
+
+    vq = parse_config(Stage1RunConfig, ["--config", str(ROOT / "configs" / "stage1_gpu.yaml")]).model
+    cfg = parse_config(Stage2RunConfig, ["--config", str(ROOT / "configs" / "stage2_gpu.yaml")])
+    layout = SequenceLayout(text_len=cfg.tokenizer.text_len, text_vocab_size=cfg.tokenizer.vocab_size,
+                            codebook_size=vq.codebook_size, grid_h=vq.grid_size, grid_w=vq.grid_size, pad_id=0)  # fmt: skip
+    return cfg.model, layout
+
+
+METHODS = {  # name -> sample_image_codes keyword arguments
+    "recompute": {"use_cache": False},
+    "hf-cache": {"use_cache": True, "cache_implementation": "dynamic"},
+    "kv-cache": {"use_cache": True, "cache_implementation": "static"},
+}
+
+
+def time_sampling(model, layout, batch: int, guidance: float, method: str, repeats: int) -> float:
     """Best wall time (s) to sample ``batch`` images."""
     device = next(model.parameters()).device
     g = torch.Generator().manual_seed(batch)
@@ -78,7 +108,7 @@ def time_sampling(model, layout, batch: int, guidance: float, use_cache: bool, r
         _sync(device)
         start = time.perf_counter()
         sample_image_codes(
-            model, layout, text, guidance_scale=guidance, generator=generators, use_cache=use_cache
+            model, layout, text, guidance_scale=guidance, generator=generators, **METHODS[method]
         )
         _sync(device)
         best = min(best, time.perf_counter() - start)
@@ -96,29 +126,29 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     model, layout, source = load_model(args)
     device = next(model.parameters()).device
-    time_sampling(model, layout, 2, args.guidance_scale, True, 1)  # warm-up: kernels, allocator
-    time_sampling(model, layout, 2, args.guidance_scale, False, 1)
+    for method in METHODS:  # warm-up: kernels, allocator
+        time_sampling(model, layout, 2, args.guidance_scale, method, 1)
 
     rows = []
-    header = f"{'batch':>5}  {'guidance':>8}  {'cache':>5}  {'seconds':>8}  {'images/s':>9}  {'speedup':>7}"
+    header = f"{'batch':>5}  {'guidance':>8}  {'method':>9}  {'seconds':>8}  {'images/s':>9}  {'speedup':>7}"
     print(f"{source}: {layout.grid_h}x{layout.grid_w} codes, {layout.text_len} caption tokens, "
           f"sequence {layout.seq_len}; {device} {next(model.parameters()).dtype}, {torch.get_num_threads()} threads")  # fmt: skip
     print(header)
     print("-" * len(header))
     for batch in args.batch_sizes:
         for guidance in (1.0, args.guidance_scale):
-            timings = {}
-            for use_cache in (False, True):
-                seconds = time_sampling(model, layout, batch, guidance, use_cache, args.repeats)
-                timings[use_cache] = seconds
-                speedup = timings[False] / seconds if use_cache else 1.0
+            baseline = None
+            for method in METHODS:
+                seconds = time_sampling(model, layout, batch, guidance, method, args.repeats)
+                baseline = baseline or seconds  # the first method is recomputation
+                speedup = baseline / seconds
                 row = {
                     "batch_size": batch, "guidance": guidance != 1.0, "guidance_scale": guidance,
-                    "kv_cache": use_cache, "seconds": seconds, "images_per_s": batch / seconds,
-                    "speedup_vs_recompute": speedup,
+                    "method": method, "kv_cache": method != "recompute", "seconds": seconds,
+                    "images_per_s": batch / seconds, "speedup_vs_recompute": speedup,
                 }  # fmt: skip
                 rows.append(row)
-                print(f"{batch:>5}  {('on' if row['guidance'] else 'off'):>8}  {('yes' if use_cache else 'no'):>5}  "
+                print(f"{batch:>5}  {('on' if row['guidance'] else 'off'):>8}  {method:>9}  "
                       f"{seconds:>8.3f}  {row['images_per_s']:>9.2f}  {speedup:>6.1f}x", flush=True)  # fmt: skip
     report = {
         "model": source,

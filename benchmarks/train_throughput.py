@@ -6,7 +6,7 @@
 Each (stage, size) runs in its own process (so peak memory is its own) and times full optimizer steps
 on random inputs of the right shapes: forward, loss, backward, gradient clipping and AdamW, the work of
 one step of the train scripts without data loading. "tiny" is configs/stage1_tiny.yaml and
-configs/stage2_tiny.yaml; "mid" is defined here (128x128 images to 16x16 codes; a 8-layer, 512-wide
+configs/stage2_tiny.yaml, "gpu" the real-scale configs/stage{1,2}_gpu.yaml; "mid" is defined here (128x128 images to 16x16 codes; a 8-layer, 512-wide
 transformer over 32 caption + 256 image tokens). FLOPs per step are counted by
 ``torch.utils.flop_counter.FlopCounterMode`` over one step (convolutions, matmuls, attention; forward
 and backward); for stage 2 the 6 x parameters x tokens estimate is shown beside it. On a GPU, MFU is
@@ -58,8 +58,8 @@ PEAK_TFLOPS = [
 
 def stage1_setting(size: str, device: str) -> tuple[VQVAEConfig, int]:
     """(model config, batch size)."""
-    if size == "tiny":
-        cfg = parse_config(Stage1RunConfig, ["--config", str(ROOT / "configs" / "stage1_tiny.yaml")])
+    if size in ("tiny", "gpu"):
+        cfg = parse_config(Stage1RunConfig, ["--config", str(ROOT / "configs" / f"stage1_{size}.yaml")])
         return cfg.model, cfg.train.batch_size
     model = VQVAEConfig(resolution=128, base_channels=64, channel_multipliers=[1, 1, 2, 2], num_res_blocks=1,
                         codebook_size=1024, codebook_dim=8)  # fmt: skip
@@ -68,10 +68,12 @@ def stage1_setting(size: str, device: str) -> tuple[VQVAEConfig, int]:
 
 def stage2_setting(size: str, device: str) -> tuple[TransformerConfig, SequenceLayout, int]:
     """(model config, sequence layout, batch size)."""
-    if size == "tiny":
-        cfg = parse_config(Stage2RunConfig, ["--config", str(ROOT / "configs" / "stage2_tiny.yaml")])
+    if size in ("tiny", "gpu"):  # the stage-2 config over the codes of the stage-1 config of that size
+        cfg = parse_config(Stage2RunConfig, ["--config", str(ROOT / "configs" / f"stage2_{size}.yaml")])
+        vq, _ = stage1_setting(size, device)
         layout = SequenceLayout(text_len=cfg.tokenizer.text_len, text_vocab_size=cfg.tokenizer.vocab_size,
-                                codebook_size=512, grid_h=8, grid_w=8, pad_id=0)  # fmt: skip
+                                codebook_size=vq.codebook_size, grid_h=vq.grid_size, grid_w=vq.grid_size,
+                                pad_id=0)  # fmt: skip
         return cfg.model, layout, cfg.train.batch_size
     layout = SequenceLayout(
         text_len=32, text_vocab_size=4096, codebook_size=1024, grid_h=16, grid_w=16, pad_id=0
@@ -200,7 +202,8 @@ def print_table(rows: list[dict]) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stages", type=int, nargs="+", default=[1, 2], choices=[1, 2])
-    p.add_argument("--sizes", nargs="+", default=["tiny", "mid"], choices=["tiny", "mid"])
+    p.add_argument("--sizes", nargs="+", default=["tiny", "mid"], choices=["tiny", "mid", "gpu"],
+                   help="gpu: configs/stage{1,2}_gpu.yaml, the real-scale models (needs a large GPU)")  # fmt: skip
     p.add_argument("--device", help="default: cuda when present, else cpu")
     p.add_argument("--precision", choices=["bf16", "fp16", "fp32"], help="default: bf16 on cuda, fp32 on cpu")
     p.add_argument("--steps", type=int, help="timed steps (default: 20 on cuda, 3 on cpu)")

@@ -431,6 +431,13 @@ def infinite_batches(accelerator, dataloader, sampler, start_micro_step: int):
         epoch, skip = epoch + 1, 0
 
 
+def device_memory_metrics(device: torch.device) -> dict[str, float]:
+    """Peak memory allocated by tensors on a CUDA device so far, in MiB ({} on other devices)."""
+    if device.type != "cuda":
+        return {}
+    return {"peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20}
+
+
 class MetricsLog:
     """Appends one JSON line per logging event to <output_dir>/metrics.jsonl (main process only)."""
 

@@ -33,6 +33,7 @@ from minidalle.training import (
     NonFiniteGuard,
     checkpoint_step,
     cosine_with_warmup,
+    device_memory_metrics,
     export_state_dict,
     fault_active,
     flat_config,
@@ -281,6 +282,7 @@ def main(argv: list[str] | None = None) -> None:
             metrics["lr"] = scheduler.get_last_lr()[0]
             metrics["skipped_steps"] = guard.total_skipped
             metrics["skipped_images"] = data_lib.SKIPPED.count
+            metrics.update(device_memory_metrics(accelerator.device))
             accelerator.log({f"train/{k}": v for k, v in metrics.items()}, step=global_step)
             metrics_log.write(global_step, {f"train/{k}": v for k, v in metrics.items()})
             progress.set_postfix(loss=f"{metrics.get('mse', 0):.4f}", psnr=f"{metrics.get('psnr', 0):.1f}",

@@ -4,9 +4,11 @@ layout    SequenceLayout: the one vocabulary and the fixed-length sequence per (
 tokenizer the byte-level BPE caption tokenizer
 model     build / save / load the transformer (transformers' Llama, random init)
 loss      next-token loss with separate text / image weights
+decoding  KVDecoder: fast one-token steps with a preallocated KV cache and fused projections
 sampling  KV-cached sampling with classifier-free guidance; image-code log-likelihood
 """
 
+from .decoding import KVDecoder
 from .layout import LAYOUT_FILE, SequenceLayout
 from .loss import weighted_lm_loss
 from .model import TransformerConfig, build_transformer, count_parameters, load_transformer, save_transformer
@@ -14,6 +16,7 @@ from .sampling import image_token_log_likelihood, sample_image_codes
 from .tokenizer import encode_captions, load_caption_tokenizer, train_caption_tokenizer
 
 __all__ = [
+    "KVDecoder",
     "LAYOUT_FILE",
     "SequenceLayout",
     "TransformerConfig",

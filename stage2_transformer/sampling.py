@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 import torch
 from transformers import DynamicCache
 
+from .decoding import KVDecoder
 from .layout import SequenceLayout
 
 # With guidance, codes whose conditional probability is below this fraction of the most likely
@@ -48,13 +49,19 @@ def sample_image_codes(
     on_row: Callable[[int, torch.Tensor], None] | None = None,
     use_cache: bool = True,
     guidance_plausibility: float = DEFAULT_GUIDANCE_PLAUSIBILITY,
+    cache_implementation: str = "static",
 ) -> torch.Tensor:
     """Sample (B, h, w) image codes in [0, K) for captions ``text_ids`` (B, T).
 
     ``temperature == 0`` is greedy (argmax, no randomness). ``prefix_codes`` (B, k, w) fixes the first k
     rows (image completion). ``on_row(row, codes)`` is called after each sampled row with the rows done
     so far, ``codes`` (B, row + 1, w). ``use_cache=False`` re-runs the whole sequence at every step.
+    ``cache_implementation``: ``"static"`` decodes with ``KVDecoder`` (preallocated cache, fused
+    projections; falls back to ``"dynamic"`` for models it does not support), ``"dynamic"`` with
+    transformers' own forward and ``DynamicCache``. All three ways sample the same codes.
     """
+    if cache_implementation not in ("static", "dynamic"):
+        raise ValueError(f"cache_implementation must be 'static' or 'dynamic', got {cache_implementation!r}.")
     _check_sampling_args(temperature, top_k, top_p, guidance_scale)
     if not 0.0 <= guidance_plausibility < 1.0:
         raise ValueError(f"guidance_plausibility must be in [0, 1), got {guidance_plausibility}.")
@@ -77,10 +84,15 @@ def sample_image_codes(
     was_training = model.training
     model.eval()
     try:
-        cache = DynamicCache(config=model.config) if use_cache else None
-        logits = _last_logits(model, seq, cache)  # (B or 2B, V)
+        decoder = cache = None
+        if use_cache and cache_implementation == "static" and KVDecoder.supports(model):
+            decoder = KVDecoder(model, seq.shape[0], layout.seq_len, logit_rows=layout.image_slice)
+            logits = decoder.prefill(seq)  # (B or 2B, K)
+        else:
+            cache = DynamicCache(config=model.config) if use_cache else None
+            logits = _last_logits(model, seq, cache)[:, layout.image_slice]  # (B or 2B, K)
         for i in range(start, h * w):
-            step = logits[:, layout.image_slice].float()  # (B or 2B, K)
+            step = logits.float()  # (B or 2B, K)
             if guided:
                 cond, uncond = step[:batch], step[batch:]  # (B, K) each
                 step = uncond + guidance_scale * (cond - uncond)  # (B, K)
@@ -100,11 +112,13 @@ def sample_image_codes(
             token = (code + layout.image_offset).unsqueeze(1)  # (B, 1)
             if guided:
                 token = torch.cat([token, token], dim=0)  # (2B, 1)
-            if use_cache:
-                logits = _last_logits(model, token, cache)  # (B or 2B, V)
+            if decoder is not None:
+                logits = decoder.step(token)  # (B or 2B, K)
+            elif use_cache:
+                logits = _last_logits(model, token, cache)[:, layout.image_slice]
             else:
                 seq = torch.cat([seq, token], dim=1)  # (B or 2B, P+1)
-                logits = _last_logits(model, seq, None)
+                logits = _last_logits(model, seq, None)[:, layout.image_slice]
     finally:
         model.train(was_training)
     return codes.reshape(batch, h, w)  # (B, h, w)

@@ -34,6 +34,7 @@ from minidalle.training import (
     NonFiniteGuard,
     checkpoint_step,
     cosine_with_warmup,
+    device_memory_metrics,
     export_state_dict,
     fault_active,
     flat_config,
@@ -300,6 +301,7 @@ def main(argv: list[str] | None = None) -> None:
             metrics = {k: v / tcfg.log_every for k, v in running.items()}
             metrics.update(lr=scheduler.get_last_lr()[0], tokens_per_s=tokens_seen / max(elapsed, 1e-9),
                            skipped_steps=guard.total_skipped)  # fmt: skip
+            metrics.update(device_memory_metrics(accelerator.device))
             accelerator.log({f"train/{k}": v for k, v in metrics.items()}, step=global_step)
             metrics_log.write(global_step, {f"train/{k}": v for k, v in metrics.items()})
             progress.set_postfix(

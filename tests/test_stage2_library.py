@@ -11,6 +11,7 @@ import torch
 from transformers import AutoTokenizer
 
 from stage2_transformer import (
+    KVDecoder,
     SequenceLayout,
     TransformerConfig,
     build_transformer,
@@ -245,14 +246,17 @@ def test_samples_only_image_codes_even_when_text_logits_dominate(model):
         out[..., LAYOUT.boi_id] += 1e4
         return out
 
+    # KVDecoder computes only the image-code rows of the head, so it cannot even produce a text logit;
+    # transformers' forward (with or without its cache) computes all rows, which the sampler must cut.
     handle = model.lm_head.register_forward_hook(favour_text)
     try:
         for kwargs in ({}, {"temperature": 0.0}, {"guidance_scale": 3.0, "top_p": 0.9}, {"top_k": 3}):
-            codes = sample_image_codes(
-                model, LAYOUT, _captions(4), generator=torch.Generator().manual_seed(0), **kwargs
-            )
-            assert codes.shape == (4, 4, 4) and codes.dtype == torch.long
-            assert codes.min() >= 0 and codes.max() < K
+            for way in ({"cache_implementation": "dynamic"}, {"use_cache": False}):
+                codes = sample_image_codes(
+                    model, LAYOUT, _captions(4), generator=torch.Generator().manual_seed(0), **kwargs, **way
+                )
+                assert codes.shape == (4, 4, 4) and codes.dtype == torch.long
+                assert codes.min() >= 0 and codes.max() < K
     finally:
         handle.remove()
 
@@ -290,14 +294,74 @@ def test_guidance_batches_cond_and_uncond_in_one_pass(model):
     assert torch.equal(greedy[:, 0, 0], mixed.argmax(-1))
 
 
+@pytest.mark.parametrize("cache_implementation", ["static", "dynamic"])
 @pytest.mark.parametrize("kwargs", [{"temperature": 0.0}, {}, {"guidance_scale": 2.5, "top_k": 6}])
-def test_kv_cache_matches_full_recompute(model, kwargs):
+def test_kv_cache_matches_full_recompute(model, kwargs, cache_implementation):
     text = _captions(3)
-    cached = sample_image_codes(model, LAYOUT, text, generator=torch.Generator().manual_seed(7), **kwargs)
+    cached = sample_image_codes(model, LAYOUT, text, generator=torch.Generator().manual_seed(7),
+                                cache_implementation=cache_implementation, **kwargs)  # fmt: skip
     full = sample_image_codes(
         model, LAYOUT, text, generator=torch.Generator().manual_seed(7), use_cache=False, **kwargs
     )
     assert torch.equal(cached, full)
+    with pytest.raises(ValueError, match="cache_implementation must be 'static' or 'dynamic'"):
+        sample_image_codes(model, LAYOUT, text, cache_implementation="paged")
+
+
+@pytest.mark.parametrize(
+    "cfg, dtype, atol",
+    [
+        ({}, torch.float32, 1e-5),
+        ({"num_key_value_heads": 1, "tie_word_embeddings": True}, torch.float32, 1e-5),  # grouped-query
+        ({}, torch.bfloat16, 0.1),
+    ],
+)
+def test_kv_decoder_logits_equal_the_models_own_forward(cfg, dtype, atol):
+    torch.manual_seed(1)
+    model = build_transformer(
+        TransformerConfig(hidden_size=32, num_layers=2, num_heads=4, initializer_range=0.3), LAYOUT
+    )
+    if cfg:  # a variant of the same architecture that build_transformer does not make
+        config = model.config
+        for key, value in cfg.items():
+            setattr(config, key, value)
+        model = type(model)(config)
+    model = model.to(dtype).eval()
+    seq = LAYOUT.build(_captions(2), torch.randint(0, K, (2, N)))  # (2, L)
+    with torch.no_grad():
+        expected = model(input_ids=seq).logits[..., LAYOUT.image_slice].float()  # (2, L, K)
+    assert KVDecoder.supports(model)
+    decoder = KVDecoder(model, batch_size=2, max_len=LAYOUT.seq_len, logit_rows=LAYOUT.image_slice)
+    got = {T: decoder.prefill(seq[:, : T + 1])}  # position T (BOI) predicts the first code
+    for i in range(T + 1, T + 6):  # one token per step
+        got[i] = decoder.step(seq[:, i : i + 1])
+    got[T + 9] = decoder.step(seq[:, T + 6 : T + 10])  # a chunk of 4 after the cache: causal within it
+    for position, logits in got.items():
+        assert logits.shape == (2, K)
+        torch.testing.assert_close(logits.float(), expected[:, position], atol=atol, rtol=0)
+    decoder.prefill(seq[:, :3])  # a new prefill starts again from position 0
+    torch.testing.assert_close(decoder.step(seq[:, 3:4]).float(), expected[:, 3], atol=atol, rtol=0)
+    with pytest.raises(ValueError, match="built for batch 2"):
+        decoder.step(seq[:1, 4:5])
+    decoder.prefill(seq)
+    with pytest.raises(ValueError, match=f"built for {LAYOUT.seq_len} tokens"):
+        decoder.step(seq[:, :1])
+
+
+def test_unsupported_models_fall_back_to_the_dynamic_cache(model):
+    config = model.config.__class__.from_dict(model.config.to_dict())
+    config.attention_bias = True  # a bias on q/k/v/o: not what KVDecoder computes
+    torch.manual_seed(2)
+    biased = type(model)(config).eval()
+    assert KVDecoder.supports(model) and not KVDecoder.supports(biased)
+    with pytest.raises(ValueError, match="LlamaForCausalLM only"):
+        KVDecoder(biased, 1, LAYOUT.seq_len)
+    text = _captions(2)
+    static = sample_image_codes(biased, LAYOUT, text, generator=torch.Generator().manual_seed(3))
+    recomputed = sample_image_codes(
+        biased, LAYOUT, text, generator=torch.Generator().manual_seed(3), use_cache=False
+    )
+    assert torch.equal(static, recomputed)
 
 
 def test_batched_prompts_equal_prompts_sampled_alone(model):
