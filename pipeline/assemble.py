@@ -13,13 +13,13 @@ are copied; the result is loaded once to prove the parts fit together.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 from stage2_transformer.precompute import vqvae_fingerprint
+from stage2_transformer.stage1_record import STAGE1_RECORD, describe, read_stage1_record, recorded_stage1_path
 
 from .pipeline import (
     PIPELINE_CONFIG_FILE,
@@ -30,7 +30,6 @@ from .pipeline import (
     PipelineConfig,
 )
 
-STAGE1_RECORD = "stage1.json"  # written by stage2_transformer/train.py
 _VQVAE_FILES = ("config.json", "model.safetensors")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -46,15 +45,6 @@ def find_vqvae_dir(stage1: str | Path) -> Path:
         f"{VQVAE_DIR}/model.safetensors) nor a vqvae folder. Train stage 1 first: accelerate launch "
         "stage1_vqvae/train.py --config configs/stage1_tiny.yaml"
     )
-
-
-def read_stage1_record(stage2: Path) -> dict | None:
-    """``stage1.json`` of the run (looked up beside a checkpoint folder too), or None."""
-    for folder in (stage2, stage2.parent):
-        record = folder / STAGE1_RECORD
-        if record.is_file():
-            return json.loads(record.read_text(encoding="utf-8"))
-    return None
 
 
 def assemble_pipeline(
@@ -75,18 +65,23 @@ def assemble_pipeline(
                 f"{str(stage2)!r} is not a stage-2 run folder: it has no {part}/. Train stage 2 first: "
                 "accelerate launch stage2_transformer/train.py --config configs/stage2_tiny.yaml"
             )
-    record = read_stage1_record(stage2)
+    record = read_stage1_record(stage2, search_parent=True)
     if stage1 is None:
         if record is None:
             raise ValueError(
                 f"No --stage1 given and no {STAGE1_RECORD} in {str(stage2)!r} names the stage-1 model."
             )
-        stage1 = record["path"]
+        stage1 = recorded_stage1_path(record)
+        if stage1 is None:
+            raise FileNotFoundError(
+                f"{STAGE1_RECORD} in {str(stage2)!r} names the stage-1 model {describe(record)}, which is not "
+                "a folder from here: pass --stage1."
+            )
     vqvae_dir = find_vqvae_dir(stage1)
     fingerprint = vqvae_fingerprint(vqvae_dir)
     if record is not None and record.get("fingerprint") != fingerprint:
         raise ValueError(
-            f"The stage-2 run {str(stage2)!r} was trained on codes of the stage-1 model {record.get('path')!r} "
+            f"The stage-2 run {str(stage2)!r} was trained on codes of the stage-1 model {describe(record)} "
             f"(fingerprint {record.get('fingerprint')}), but {str(vqvae_dir)!r} has fingerprint {fingerprint}. "
             "Give the stage-1 model the transformer was trained with."
         )

@@ -24,6 +24,7 @@ from stage2_transformer.evaluation import evaluate_prior, sample_images, score_s
 from stage2_transformer.model import load_transformer
 from stage2_transformer.precompute import precompute_codes
 from stage2_transformer.run_config import CodesConfig, SamplingConfig, TokenizerConfig
+from stage2_transformer.stage1_record import STAGE1_RECORD, describe, read_stage1_record, recorded_stage1_path
 from stage2_transformer.tokenizer import load_caption_tokenizer
 
 
@@ -53,10 +54,13 @@ def main(argv: list[str] | None = None) -> dict:
     run = Path(cfg.run)
     # The stage-1 model the run actually trained on (recorded by train.py) wins over the `vqvae` key of
     # a shared YAML file; `vqvae` is used only for runs without that record.
-    record = run / "stage1.json"
-    vqvae_dir = json.loads(record.read_text())["path"] if record.is_file() else cfg.vqvae
+    record = read_stage1_record(run)
+    vqvae_dir = cfg.vqvae if record is None else recorded_stage1_path(record)
     if vqvae_dir is None:
-        raise FileNotFoundError(f"{record} is missing: pass --vqvae, the stage-1 model folder the run used.")
+        found = "missing" if record is None else f"names {describe(record)}, which is not a folder from here"
+        raise FileNotFoundError(
+            f"{run / STAGE1_RECORD} is {found}: pass --vqvae, the stage-1 model folder the run used."
+        )
     vqvae = VQVAE.from_pretrained(vqvae_dir, device=accelerator.device)
     model, layout = load_transformer(run / "transformer")
     model.to(accelerator.device)

@@ -100,9 +100,9 @@ def sample_image_codes(
                     # Guidance amplifies differences in the far tail too: a code both halves find absurd
                     # can win by being less absurd under the caption. Only codes the conditional model
                     # itself finds plausible stay (the "adaptive plausibility" cut of contrastive decoding).
-                    cond_logp = cond.log_softmax(dim=-1)  # (B, K)
-                    floor = cond_logp.max(dim=-1, keepdim=True).values + math.log(guidance_plausibility)
-                    step = step.masked_fill(cond_logp < floor, float("-inf"))
+                    # p(c) >= a * p(top)  <=>  logit(c) >= logit(top) + log(a): softmax's normaliser cancels.
+                    floor = cond.max(dim=-1, keepdim=True).values + math.log(guidance_plausibility)  # (B, 1)
+                    step = step.masked_fill(cond < floor, float("-inf"))
             code = _sample(step, temperature, top_k, top_p, generators)  # (B,)
             codes[:, i] = code
             if on_row is not None and (i + 1) % w == 0:
@@ -172,7 +172,8 @@ def _sample(
     """One code per row from float32 ``logits`` (B, K) -> (B,)."""
     if temperature == 0:
         return logits.argmax(dim=-1)  # (B,)
-    logits = logits / temperature
+    if temperature != 1.0:
+        logits = logits / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))

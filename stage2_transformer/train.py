@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -39,6 +39,7 @@ from minidalle.training import (
     fault_active,
     flat_config,
     format_metrics,
+    holds_run,
     infinite_batches,
     main_process_model,
     prepare_output_dir,
@@ -59,21 +60,20 @@ from stage2_transformer.precompute import (
     vqvae_fingerprint,
 )
 from stage2_transformer.run_config import Stage2RunConfig
+from stage2_transformer.stage1_record import describe, read_stage1_record, write_stage1_record
 from stage2_transformer.tokenizer import load_caption_tokenizer, train_caption_tokenizer
 
 logger = logging.getLogger("stage2_transformer.train")
-STAGE1_RECORD = "stage1.json"
 
 
 def check_stage1_matches_run(output_dir: Path, vqvae_dir: str, fingerprint: str, codebook_size: int) -> None:
     """A resumed run must keep the stage-1 model it started with: its codes are what it learned."""
-    record_path = output_dir / STAGE1_RECORD
-    if not record_path.is_file():
+    record = read_stage1_record(output_dir)
+    if record is None:
         return
-    record = json.loads(record_path.read_text())
     if record["fingerprint"] != fingerprint or record["codebook_size"] != codebook_size:
         raise CodesMismatchError(
-            f"This run was trained on codes from the stage-1 model {record['path']!r} (fingerprint "
+            f"This run was trained on codes from the stage-1 model {describe(record)} (fingerprint "
             f"{record['fingerprint']}, {record['codebook_size']} codes), but `vqvae` now points at {vqvae_dir!r} "
             f"(fingerprint {fingerprint}, {codebook_size} codes). Point `vqvae` back at the original model, or "
             "start a new run in another train.output_dir."
@@ -136,15 +136,14 @@ def main(argv: list[str] | None = None) -> None:
         )
     vqvae = VQVAE.from_pretrained(cfg.vqvae, device=accelerator.device).requires_grad_(False)
     fingerprint = vqvae_fingerprint(cfg.vqvae)
-    check_stage1_matches_run(output_dir, cfg.vqvae, fingerprint, vqvae.config.codebook_size)
+    started = holds_run(output_dir)  # has logged or checkpointed training steps
+    if started:
+        check_stage1_matches_run(output_dir, cfg.vqvae, fingerprint, vqvae.config.codebook_size)
     prepare_output_dir(output_dir, dataclasses.asdict(cfg), resuming, accelerator.is_main_process)
     if accelerator.is_main_process:
-        record = {
-            "path": str(cfg.vqvae),
-            "fingerprint": fingerprint,
-            "codebook_size": vqvae.config.codebook_size,
-        }
-        (output_dir / STAGE1_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        if not started:  # what a launch that failed before training left here belongs to no run
+            shutil.rmtree(output_dir / "tokenizer", ignore_errors=True)
+        write_stage1_record(output_dir, cfg.vqvae, fingerprint, vqvae.config.codebook_size)
     accelerator.wait_for_everyone()
     set_seed(tcfg.seed)
     stop = GracefulStop()

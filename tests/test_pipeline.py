@@ -6,6 +6,7 @@ import inspect
 import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,9 +21,18 @@ from pipeline.assemble import assemble_pipeline
 from pipeline.assemble import main as assemble_main
 from pipeline.generate import main as generate_main
 from pipeline.pipeline import _mix
+from stage2_transformer.precompute import vqvae_fingerprint
 from stage2_transformer.sampling import sample_image_codes
+from stage2_transformer.stage1_record import write_stage1_record
 from stage2_transformer.tokenizer import encode_captions, train_caption_tokenizer
-from tests.tiny_models import CAPTIONS, build_tiny_clip, build_tiny_pipeline, build_tiny_runs, tiny_vqvae
+from tests.tiny_models import (
+    CAPTIONS,
+    CODEBOOK,
+    build_tiny_clip,
+    build_tiny_pipeline,
+    build_tiny_runs,
+    tiny_vqvae,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["a red circle on white", "a blue star on black", "a green heart"]
@@ -80,6 +90,24 @@ def test_assembled_folder_holds_only_json_and_safetensors(tmp_path):
     assemble_pipeline(None, stage2, out, overwrite=True)  # --stage1 defaults to stage1.json's path
     with pytest.raises(ValueError, match="Unknown or reserved"):
         assemble_pipeline(stage1, stage2, tmp_path / "q", guidance=2.0)
+
+
+def test_assemble_finds_the_recorded_stage1_model_from_another_directory(tmp_path, monkeypatch):
+    stage1, stage2 = build_tiny_runs(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    write_stage1_record(
+        stage2, "stage1/vqvae", vqvae_fingerprint(stage1 / "vqvae"), CODEBOOK
+    )  # relative, as typed
+    monkeypatch.chdir(stage2)  # where "stage1/vqvae" leads nowhere: the absolute path is used
+    assert (stage2 / "stage1.json").is_file() and not Path("stage1/vqvae").exists()
+    out = assemble_pipeline(None, stage2, tmp_path / "p")
+    assert json.loads((out / "pipeline_config.json").read_text())["sources"]["stage1"] == str(
+        stage1 / "vqvae"
+    )
+    shutil.move(stage1, tmp_path / "moved")  # now neither path leads to it
+    with pytest.raises(FileNotFoundError, match="'stage1/vqvae' .*not a folder from here: pass --stage1"):
+        assemble_pipeline(None, stage2, tmp_path / "q")
+    assemble_pipeline(tmp_path / "moved", stage2, tmp_path / "q")
 
 
 def test_assemble_refuses_another_stage1_model(tmp_path):

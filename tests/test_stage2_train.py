@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from stage1_vqvae.config import VQVAEConfig
 from stage1_vqvae.model import VQVAE
 from stage2_transformer.layout import SequenceLayout
 from stage2_transformer.model import load_transformer
+from stage2_transformer.precompute import vqvae_fingerprint
 from stage2_transformer.tokenizer import load_caption_tokenizer
 from tests.conftest import launch, read_metrics
 
@@ -142,6 +144,15 @@ def test_mismatched_stage1_model_fails_clearly(tmp_path, vqvae_dir, shapes_cache
         result.returncode != 0
         and "use a codebook of 32 entries, but the stage-1 model has 64" in result.stderr
     )
+    # A launch that failed before training left a record and a tokenizer but no run: the folder takes a
+    # fresh start with another stage-1 model (no "was trained on codes from" refusal, no stale tokenizer).
+    assert (tmp_path / "new2" / "stage1.json").is_file() and (tmp_path / "new2" / "tokenizer").is_dir()
+    launch("stage2_transformer/train.py", *tiny_args(same_size, shapes_cache, codes, tmp_path / "new2",
+                                                     "--train.max_steps", "2", "--train.image_every", "0",
+                                                     "--train.eval_every", "0"))  # fmt: skip
+    record = json.loads((tmp_path / "new2" / "stage1.json").read_text())
+    assert record["fingerprint"] == vqvae_fingerprint(same_size) and record["codebook_size"] == 32
+    assert record["absolute_path"] == str(Path(same_size).resolve())
 
 
 def test_caption_dropout_rate():
