@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -399,6 +400,34 @@ class NonFiniteGuard:
     @property
     def exhausted(self) -> bool:
         return self.in_a_row >= self.max_in_a_row
+
+    def stop_if_exhausted(
+        self, accelerator, checkpoint: Callable, step: int, output_dir: Path, hint: str
+    ) -> None:
+        """After too many non-finite steps in a row: write a checkpoint of the last good state, exit 1."""
+        if not self.exhausted:
+            return
+        checkpoint(step, reason="non-finite")
+        accelerator.end_training()
+        sys.exit(f"Stopping: {self.in_a_row} non-finite steps in a row ({hint}). Last good state saved in "
+                 f"{output_dir}.")  # fmt: skip
+
+
+def checkpoint_or_stop(
+    accelerator, stop: GracefulStop, step: int, tcfg, checkpoint: Callable, progress
+) -> bool:
+    """The end of a training step: checkpoint every ``train.checkpoint_every`` steps, and when a signal
+    arrived or ``train.stop_after_steps`` is reached. True when the loop must end now (exit 0, resumable)."""
+    stopping = stop.should_stop(accelerator) or step == tcfg.stop_after_steps
+    if stopping or (tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0):
+        path = checkpoint(step)
+        progress.write(f"step {step}: saved {path}")
+    if stopping:
+        reason = f"{stop.signal_name} received" if stop.requested else "train.stop_after_steps reached"
+        progress.write(f"{reason}: checkpoint written at step {step}; "
+                       "rerun with --resume_from_checkpoint latest to continue.")  # fmt: skip
+        accelerator.end_training()
+    return stopping
 
 
 def step_generator(seed: int, step: int, salt: int = 0) -> torch.Generator:

@@ -14,7 +14,6 @@ import dataclasses
 import itertools
 import logging
 import math
-import sys
 from collections import deque
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from minidalle.training import (
     GracefulStop,
     MetricsLog,
     NonFiniteGuard,
+    checkpoint_or_stop,
     checkpoint_step,
     cosine_with_warmup,
     device_memory_metrics,
@@ -242,11 +242,13 @@ def main(argv: list[str] | None = None) -> None:
         global_step += 1
         progress.update(1)
 
-        if guard.exhausted:
-            checkpoint(global_step, reason="non-finite")
-            accelerator.end_training()
-            sys.exit(f"Stopping: {guard.in_a_row} non-finite steps in a row (lower train.learning_rate, "
-                     f"check the data, or use bf16 rather than fp16). Last good state saved in {output_dir}.")  # fmt: skip
+        guard.stop_if_exhausted(
+            accelerator,
+            checkpoint,
+            global_step,
+            output_dir,
+            hint="lower train.learning_rate, check the data, or use bf16 rather than fp16",
+        )
 
         # ------------------------------------------------------------ codebook health
         quantizer = unwrap(accelerator, model).quantizer
@@ -299,15 +301,7 @@ def main(argv: list[str] | None = None) -> None:
             log_reconstructions(accelerator, unwrap(accelerator, model), grid_pixels, output_dir, global_step)
 
         # ------------------------------------------------------------ checkpoints and signals
-        stopping = stop.should_stop(accelerator) or global_step == tcfg.stop_after_steps
-        if stopping or (tcfg.checkpoint_every and global_step % tcfg.checkpoint_every == 0):
-            path = checkpoint(global_step)
-            progress.write(f"step {global_step}: saved {path}")
-        if stopping:
-            reason = f"{stop.signal_name} received" if stop.requested else "train.stop_after_steps reached"
-            progress.write(f"{reason}: checkpoint written at step {global_step}; "
-                           "rerun with --resume_from_checkpoint latest to continue.")  # fmt: skip
-            accelerator.end_training()
+        if checkpoint_or_stop(accelerator, stop, global_step, tcfg, checkpoint, progress):
             return
 
     # ---------------------------------------------------------------- final save

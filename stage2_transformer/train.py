@@ -16,7 +16,6 @@ import dataclasses
 import logging
 import math
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from minidalle.training import (
     GracefulStop,
     MetricsLog,
     NonFiniteGuard,
+    checkpoint_or_stop,
     checkpoint_step,
     cosine_with_warmup,
     device_memory_metrics,
@@ -288,11 +288,13 @@ def main(argv: list[str] | None = None) -> None:
         progress.update(1)
         running["grad_norm"] = running.get("grad_norm", 0.0) + float(grad_norm)
 
-        if guard.exhausted:
-            checkpoint(global_step, reason="non-finite")
-            accelerator.end_training()
-            sys.exit(f"Stopping: {guard.in_a_row} non-finite steps in a row (lower train.learning_rate, "
-                     f"or use bf16 rather than fp16). Last good state saved in {output_dir}.")  # fmt: skip
+        guard.stop_if_exhausted(
+            accelerator,
+            checkpoint,
+            global_step,
+            output_dir,
+            hint="lower train.learning_rate, or use bf16 rather than fp16",
+        )
 
         # ------------------------------------------------------------ logging, eval, samples
         if global_step % tcfg.log_every == 0:
@@ -325,15 +327,7 @@ def main(argv: list[str] | None = None) -> None:
         model.train()
 
         # ------------------------------------------------------------ checkpoints and signals
-        stopping = stop.should_stop(accelerator) or global_step == tcfg.stop_after_steps
-        if stopping or (tcfg.checkpoint_every and global_step % tcfg.checkpoint_every == 0):
-            path = checkpoint(global_step)
-            progress.write(f"step {global_step}: saved {path}")
-        if stopping:
-            reason = f"{stop.signal_name} received" if stop.requested else "train.stop_after_steps reached"
-            progress.write(f"{reason}: checkpoint written at step {global_step}; "
-                           "rerun with --resume_from_checkpoint latest to continue.")  # fmt: skip
-            accelerator.end_training()
+        if checkpoint_or_stop(accelerator, stop, global_step, tcfg, checkpoint, progress):
             return
 
     # ---------------------------------------------------------------- final save
