@@ -6,7 +6,9 @@
 #   4. training throughput, peak memory and MFU of both stages at the tiny, mid and real (gpu) sizes.
 #     bash benchmarks/gpu_check.sh [OUTPUT_DIR]        (default outputs/gpu_check)
 # Every step writes its log (and JSON where it has figures) into OUTPUT_DIR; a failed step is reported
-# and the independent ones after it still run. Exit status: the number of failed steps.
+# and the independent ones after it still run. A step still running after STEP_TIMEOUT seconds (default
+# 900) is killed with its child processes (SIGKILL: the train scripts treat SIGTERM as "checkpoint and
+# stop", which can take a while) and counts as failed. Exit status: the number of failed steps.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-outputs/gpu_check}
@@ -23,7 +25,7 @@ step() {  # step NAME COMMAND...: run, log to $out/NAME.log, report the time and
     local name=$1 start=$SECONDS
     shift
     echo "== $name: $*"
-    if "$@" >"$out/$name.log" 2>&1; then
+    if timeout --signal KILL "${STEP_TIMEOUT:-900}" "$@" >"$out/$name.log" 2>&1; then
         echo "   ok in $((SECONDS - start)) s"
         tail -n "${TAIL_LINES:-25}" "$out/$name.log"
     else
