@@ -11,8 +11,8 @@ batched pass), it times ``sample_image_codes`` on the same model and prompts thr
 - ``kv-cache``: the pipeline's default, ``KVDecoder`` (preallocated cache, fused projections);
 
 and reports images per second (image codes only; the VQ-VAE decode is not timed) and each way's speedup
-over recomputation. Without ``--model`` it builds a random model the size of the tiny demo
-(8x8 codes from a book of 512, 16 caption tokens, hidden 192, 4 layers): weights do not change the
+over recomputation. Without ``--model`` it builds a random model of ``--size`` (default tiny, the demo's:
+8x8 codes from a book of 512, 16 caption tokens, hidden 192, 4 layers): weights do not change the
 speed, and it runs anywhere. Each setting runs ``--repeats`` times after one warm-up; the best run
 counts (the least disturbed by other jobs on the machine).
 """
@@ -32,22 +32,17 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-from stage2_transformer.layout import SequenceLayout  # noqa: E402
-from stage2_transformer.model import TransformerConfig, build_transformer  # noqa: E402
+from benchmarks.model_sizes import SIZES, stage2_setting  # noqa: E402
+from stage2_transformer.model import build_transformer  # noqa: E402
 from stage2_transformer.sampling import sample_image_codes  # noqa: E402
-
-DEMO_LAYOUT = SequenceLayout(
-    text_len=16, text_vocab_size=512, codebook_size=512, grid_h=8, grid_w=8, pad_id=0
-)
-DEMO_MODEL = TransformerConfig(hidden_size=192, num_layers=4, num_heads=4)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="a pipeline folder (default: a random model, see --size)")
-    p.add_argument("--size", choices=["demo", "gpu"], default="demo",
-                   help="the random model's size: the tiny demo's, or configs/stage2_gpu.yaml's (353M "
-                        "parameters, 64 caption tokens + 32x32 codes from a book of 8192)")  # fmt: skip
+    p.add_argument("--size", choices=SIZES, default="tiny",
+                   help="the random model's size (benchmarks/model_sizes.py): tiny is the demo's, gpu "
+                        "configs/stage2_gpu.yaml's (353M parameters, 64 caption tokens + 32x32 codes)")  # fmt: skip
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--guidance-scale", type=float, default=3.0, help="the 'guidance on' setting (default 3)")
     p.add_argument("--repeats", type=int, default=2, help="timed runs per setting; the best counts")
@@ -70,24 +65,11 @@ def load_model(args: argparse.Namespace):
 
         pipe = MiniDallePipeline.from_pretrained(args.model, device=device, dtype=dtype)
         return pipe.transformer, pipe.layout, f"{args.model}"
-    model_cfg, layout = (DEMO_MODEL, DEMO_LAYOUT) if args.size == "demo" else gpu_size()
+    model_cfg, layout, _ = stage2_setting(args.size, device.type)
     torch.manual_seed(0)
     with torch.device(device):
         model = build_transformer(model_cfg, layout).to(dtype=dtype).eval()
-    return model, layout, f"random model of the {args.size} config's size"
-
-
-def gpu_size() -> tuple[TransformerConfig, SequenceLayout]:
-    """The model and layout of configs/stage2_gpu.yaml over the codes of configs/stage1_gpu.yaml."""
-    from minidalle.config import parse_config
-    from stage1_vqvae.run_config import Stage1RunConfig
-    from stage2_transformer.run_config import Stage2RunConfig
-
-    vq = parse_config(Stage1RunConfig, ["--config", str(ROOT / "configs" / "stage1_gpu.yaml")]).model
-    cfg = parse_config(Stage2RunConfig, ["--config", str(ROOT / "configs" / "stage2_gpu.yaml")])
-    layout = SequenceLayout(text_len=cfg.tokenizer.text_len, text_vocab_size=cfg.tokenizer.vocab_size,
-                            codebook_size=vq.codebook_size, grid_h=vq.grid_size, grid_w=vq.grid_size, pad_id=0)  # fmt: skip
-    return cfg.model, layout
+    return model, layout, f"random model of the {args.size} size"
 
 
 METHODS = {  # name -> sample_image_codes keyword arguments

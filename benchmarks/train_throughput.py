@@ -5,9 +5,8 @@
 
 Each (stage, size) runs in its own process (so peak memory is its own) and times full optimizer steps
 on random inputs of the right shapes: forward, loss, backward, gradient clipping and AdamW, the work of
-one step of the train scripts without data loading. "tiny" is configs/stage1_tiny.yaml and
-configs/stage2_tiny.yaml, "gpu" the real-scale configs/stage{1,2}_gpu.yaml; "mid" is defined here (128x128 images to 16x16 codes; a 8-layer, 512-wide
-transformer over 32 caption + 256 image tokens). FLOPs per step are counted by
+one step of the train scripts without data loading. The sizes (tiny = the demo's configs, mid, gpu = the
+real-scale configs) are defined in benchmarks/model_sizes.py. FLOPs per step are counted by
 ``torch.utils.flop_counter.FlopCounterMode`` over one step (convolutions, matmuls, attention; forward
 and backward); for stage 2 the 6 x parameters x tokens estimate is shown beside it. On a GPU, MFU is
 counted FLOPs per second over the chip's dense peak for the precision used (bf16 autocast by default;
@@ -34,14 +33,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-from minidalle.config import parse_config  # noqa: E402
-from stage1_vqvae.config import VQVAEConfig  # noqa: E402
+from benchmarks.model_sizes import SIZES, stage1_setting, stage2_setting  # noqa: E402
 from stage1_vqvae.model import VQVAE  # noqa: E402
-from stage1_vqvae.run_config import Stage1RunConfig  # noqa: E402
-from stage2_transformer.layout import SequenceLayout  # noqa: E402
 from stage2_transformer.loss import weighted_lm_loss  # noqa: E402
-from stage2_transformer.model import TransformerConfig, build_transformer, count_parameters  # noqa: E402
-from stage2_transformer.run_config import Stage2RunConfig  # noqa: E402
+from stage2_transformer.model import build_transformer, count_parameters  # noqa: E402
 
 # Dense peak TFLOP/s by device name (substring, first match), bf16 and tf32/fp32 tensor cores.
 PEAK_TFLOPS = [
@@ -54,35 +49,6 @@ PEAK_TFLOPS = [
     ("A10", {"bf16": 125.0, "fp32": 62.5}),
     ("4090", {"bf16": 165.0, "fp32": 82.6}),
 ]
-
-
-def stage1_setting(size: str, device: str) -> tuple[VQVAEConfig, int]:
-    """(model config, batch size)."""
-    if size in ("tiny", "gpu"):
-        cfg = parse_config(Stage1RunConfig, ["--config", str(ROOT / "configs" / f"stage1_{size}.yaml")])
-        return cfg.model, cfg.train.batch_size
-    model = VQVAEConfig(resolution=128, base_channels=64, channel_multipliers=[1, 1, 2, 2], num_res_blocks=1,
-                        codebook_size=1024, codebook_dim=8)  # fmt: skip
-    return model, 32 if device == "cuda" else 4
-
-
-def stage2_setting(size: str, device: str) -> tuple[TransformerConfig, SequenceLayout, int]:
-    """(model config, sequence layout, batch size)."""
-    if size in ("tiny", "gpu"):  # the stage-2 config over the codes of the stage-1 config of that size
-        cfg = parse_config(Stage2RunConfig, ["--config", str(ROOT / "configs" / f"stage2_{size}.yaml")])
-        vq, _ = stage1_setting(size, device)
-        layout = SequenceLayout(text_len=cfg.tokenizer.text_len, text_vocab_size=cfg.tokenizer.vocab_size,
-                                codebook_size=vq.codebook_size, grid_h=vq.grid_size, grid_w=vq.grid_size,
-                                pad_id=0)  # fmt: skip
-        return cfg.model, layout, cfg.train.batch_size
-    layout = SequenceLayout(
-        text_len=32, text_vocab_size=4096, codebook_size=1024, grid_h=16, grid_w=16, pad_id=0
-    )
-    return (
-        TransformerConfig(hidden_size=512, num_layers=8, num_heads=8),
-        layout,
-        32 if device == "cuda" else 4,
-    )
 
 
 def make_step(stage: int, size: str, device: str, dtype: torch.dtype | None):
@@ -202,7 +168,7 @@ def print_table(rows: list[dict]) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stages", type=int, nargs="+", default=[1, 2], choices=[1, 2])
-    p.add_argument("--sizes", nargs="+", default=["tiny", "mid"], choices=["tiny", "mid", "gpu"],
+    p.add_argument("--sizes", nargs="+", default=["tiny", "mid"], choices=SIZES,
                    help="gpu: configs/stage{1,2}_gpu.yaml, the real-scale models (needs a large GPU)")  # fmt: skip
     p.add_argument("--device", help="default: cuda when present, else cpu")
     p.add_argument("--precision", choices=["bf16", "fp16", "fp32"], help="default: bf16 on cuda, fp32 on cpu")
