@@ -22,7 +22,7 @@ from stage1_vqvae.evaluate import print_table
 from stage1_vqvae.model import VQVAE
 from stage2_transformer.evaluation import evaluate_prior, sample_images, score_samples
 from stage2_transformer.model import load_transformer
-from stage2_transformer.precompute import precompute_codes
+from stage2_transformer.precompute import precompute_codes, vqvae_fingerprint
 from stage2_transformer.run_config import CodesConfig, SamplingConfig, TokenizerConfig
 from stage2_transformer.stage1_record import STAGE1_RECORD, describe, read_stage1_record, recorded_stage1_path
 from stage2_transformer.tokenizer import load_caption_tokenizer
@@ -48,19 +48,36 @@ class Stage2EvalConfig:
     num_eval_examples: int = 512
 
 
+def stage1_model_of_run(run: Path, vqvae: str | None) -> str:
+    """The stage-1 model folder to evaluate the stage-2 run with.
+
+    The model the run trained on (recorded by train.py) wins over ``vqvae``, which often comes from a shared
+    YAML file. ``vqvae`` is used for a run without the record, or when the recorded folder is no longer
+    where it was and ``vqvae`` holds that same model (same weights fingerprint).
+    """
+    record = read_stage1_record(run)
+    if record is None:
+        if vqvae is None:
+            raise FileNotFoundError(
+                f"{run / STAGE1_RECORD} is missing: pass --vqvae, the stage-1 model folder the run used."
+            )
+        return vqvae
+    recorded = recorded_stage1_path(record)
+    if recorded is not None:
+        return recorded
+    if vqvae is not None and Path(vqvae).is_dir() and vqvae_fingerprint(vqvae) == record["fingerprint"]:
+        return vqvae  # the recorded model, moved
+    raise FileNotFoundError(
+        f"{run / STAGE1_RECORD} names the stage-1 model {describe(record)}, which is not a folder from here, "
+        f"and vqvae={vqvae!r} is not that model: pass --vqvae with the folder it moved to."
+    )
+
+
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(Stage2EvalConfig, argv, description=__doc__)
     accelerator = Accelerator()
     run = Path(cfg.run)
-    # The stage-1 model the run actually trained on (recorded by train.py) wins over the `vqvae` key of
-    # a shared YAML file; `vqvae` is used only for runs without that record.
-    record = read_stage1_record(run)
-    vqvae_dir = cfg.vqvae if record is None else recorded_stage1_path(record)
-    if vqvae_dir is None:
-        found = "missing" if record is None else f"names {describe(record)}, which is not a folder from here"
-        raise FileNotFoundError(
-            f"{run / STAGE1_RECORD} is {found}: pass --vqvae, the stage-1 model folder the run used."
-        )
+    vqvae_dir = stage1_model_of_run(run, cfg.vqvae)
     vqvae = VQVAE.from_pretrained(vqvae_dir, device=accelerator.device)
     model, layout = load_transformer(run / "transformer")
     model.to(accelerator.device)

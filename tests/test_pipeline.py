@@ -110,6 +110,23 @@ def test_assemble_finds_the_recorded_stage1_model_from_another_directory(tmp_pat
     assemble_pipeline(tmp_path / "moved", stage2, tmp_path / "q")
 
 
+def test_stage2_evaluate_finds_the_stage1_model_of_the_run(tmp_path):
+    from stage2_transformer.evaluate import stage1_model_of_run
+
+    stage1, stage2 = build_tiny_runs(tmp_path)
+    other = tmp_path / "other" / "vqvae"
+    tiny_vqvae(seed=1).save_pretrained(other)  # same shapes, other weights
+    assert stage1_model_of_run(stage2, str(other)) == str(stage1 / "vqvae")  # the record wins over the YAML
+    shutil.move(stage1, tmp_path / "moved")
+    with pytest.raises(FileNotFoundError, match="not a folder from here, and vqvae=.* is not that model"):
+        stage1_model_of_run(stage2, str(other))  # a different model is never taken for the moved one
+    assert stage1_model_of_run(stage2, str(tmp_path / "moved" / "vqvae")) == str(tmp_path / "moved" / "vqvae")
+    (stage2 / "stage1.json").unlink()
+    assert stage1_model_of_run(stage2, str(other)) == str(other)  # no record: vqvae is all there is
+    with pytest.raises(FileNotFoundError, match="stage1.json is missing: pass --vqvae"):
+        stage1_model_of_run(stage2, None)
+
+
 def test_assemble_refuses_another_stage1_model(tmp_path):
     stage1, stage2 = build_tiny_runs(tmp_path)
     tiny_vqvae(seed=1).save_pretrained(tmp_path / "other" / "vqvae")  # same shapes, other weights
