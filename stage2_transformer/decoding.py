@@ -41,7 +41,7 @@ class KVDecoder:
         cfg = model.config
         backbone = model.model
         weight = backbone.embed_tokens.weight
-        self.device, self.dtype = weight.device, weight.dtype
+        device, dtype = weight.device, weight.dtype
         self.embed = backbone.embed_tokens  # called as a module, so hooks on it still see every input
         self.num_heads = cfg.num_attention_heads
         self.num_kv_heads = cfg.num_key_value_heads
@@ -65,7 +65,7 @@ class KVDecoder:
         self.final_norm = backbone.norm.weight
         head = model.lm_head.weight
         self.head = head if logit_rows is None else head[logit_rows]  # (rows, C): a view, no copy
-        positions = torch.arange(max_len, device=self.device).unsqueeze(0)  # (1, max_len)
+        positions = torch.arange(max_len, device=device).unsqueeze(0)  # (1, max_len)
         cos, sin = backbone.rotary_emb(weight, positions)  # (1, max_len, D) each, in the model's dtype
         # rotate_half(x) * sin == roll(x, D/2) * sin with its first half negated: one op instead of three.
         half = self.head_dim // 2
@@ -74,9 +74,9 @@ class KVDecoder:
         self.batch_size = batch_size
         shape = (batch_size, self.num_kv_heads, max_len, self.head_dim)
         self.keys = [
-            torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in self.layers
+            torch.zeros(shape, device=device, dtype=dtype) for _ in self.layers
         ]  # (B, Hkv, max_len, D) each
-        self.values = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in self.layers]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in self.layers]
 
     @staticmethod
     def supports(model: torch.nn.Module) -> bool:
