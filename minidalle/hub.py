@@ -8,6 +8,7 @@ local folder or, for users with internet, a Hugging Face Hub repository id.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, ClassVar
@@ -19,6 +20,22 @@ from minidalle.config import ConfigError, build_dataclass
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+
+
+def file_fingerprint(*paths: Path) -> str:
+    """A short digest of the files' bytes: names a model or tokenizer by its content, not its path."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def model_fingerprint(model_dir: str | Path) -> str:
+    """The fingerprint of a folder written by ``save_pretrained``: its config and its weights."""
+    folder = Path(model_dir)
+    return file_fingerprint(folder / CONFIG_NAME, folder / WEIGHTS_NAME)
 
 
 def resolve_model_dir(name_or_path: str | Path, files: tuple[str, ...] = (CONFIG_NAME, WEIGHTS_NAME)) -> Path:

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from stage2_transformer.precompute import vqvae_fingerprint
+from minidalle.hub import model_fingerprint
 from stage2_transformer.stage1_record import STAGE1_RECORD, describe, read_stage1_record, recorded_stage1_path
 
 from .pipeline import (
@@ -78,7 +78,7 @@ def assemble_pipeline(
                 "a folder from here: pass --stage1."
             )
     vqvae_dir = find_vqvae_dir(stage1)
-    fingerprint = vqvae_fingerprint(vqvae_dir)
+    fingerprint = model_fingerprint(vqvae_dir)
     if record is not None and record.get("fingerprint") != fingerprint:
         raise ValueError(
             f"The stage-2 run {str(stage2)!r} was trained on codes of the stage-1 model {describe(record)} "

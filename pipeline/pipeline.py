@@ -38,10 +38,10 @@ from PIL import Image
 
 from minidalle.config import ConfigError, build_dataclass, load_json_object
 from minidalle.data import pil_to_tensor, resize_center_crop, tensor_to_pil, to_rgb
+from minidalle.hub import model_fingerprint
 from stage1_vqvae.model import VQVAE
 from stage2_transformer.layout import LAYOUT_FILE, SequenceLayout
 from stage2_transformer.model import load_transformer, save_transformer
-from stage2_transformer.precompute import vqvae_fingerprint
 from stage2_transformer.sampling import DEFAULT_GUIDANCE_PLAUSIBILITY, sample_image_codes
 from stage2_transformer.tokenizer import encode_captions, load_caption_tokenizer
 
@@ -202,7 +202,7 @@ class MiniDallePipeline:
         vqvae = VQVAE.from_pretrained(folder / VQVAE_DIR, device=device)
         problems = _mismatches(vqvae, layout, tokenizer)
         if config.stage1_fingerprint is not None:
-            found = vqvae_fingerprint(folder / VQVAE_DIR)
+            found = model_fingerprint(folder / VQVAE_DIR)
             if found != config.stage1_fingerprint:
                 problems.append(
                     f"stage-1 model: {VQVAE_DIR}/ has fingerprint {found} but the transformer was trained on "
@@ -223,7 +223,7 @@ class MiniDallePipeline:
         self.vqvae.save_pretrained(folder / VQVAE_DIR)
         save_transformer(self.transformer, self.layout, folder / TRANSFORMER_DIR)
         self.tokenizer.save_pretrained(folder / TOKENIZER_DIR)
-        config = dataclasses.replace(self.config, stage1_fingerprint=vqvae_fingerprint(folder / VQVAE_DIR))
+        config = dataclasses.replace(self.config, stage1_fingerprint=model_fingerprint(folder / VQVAE_DIR))
         config.save(folder / PIPELINE_CONFIG_FILE)
         return folder
 

@@ -19,6 +19,7 @@ from accelerate import PartialState
 
 from minidalle import data as data_lib
 from minidalle.config import parse_config
+from minidalle.report import print_table
 from minidalle.shapes import attributes_right
 from stage1_vqvae.evaluation import evaluate_reconstruction
 from stage1_vqvae.model import VQVAE
@@ -37,15 +38,6 @@ class Stage1EvalConfig:
     codebook: dict = field(default_factory=dict)
     num_eval_images: int = 512
     num_grid_images: int = 8
-
-
-def print_table(rows: dict[str, float], title: str) -> None:
-    width = max(len(k) for k in rows)
-    print(f"\n{title}\n" + "-" * (width + 16))
-    for key, value in rows.items():
-        print(
-            f"{key:<{width}}  {value:>12.4f}" if isinstance(value, float) else f"{key:<{width}}  {value:>12}"
-        )
 
 
 def main(argv: list[str] | None = None) -> dict:

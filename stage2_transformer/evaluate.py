@@ -18,11 +18,12 @@ from accelerate import Accelerator
 
 from minidalle import data as data_lib
 from minidalle.config import parse_config
-from stage1_vqvae.evaluate import print_table
+from minidalle.hub import model_fingerprint
+from minidalle.report import print_table
 from stage1_vqvae.model import VQVAE
 from stage2_transformer.evaluation import evaluate_prior, sample_images, score_samples
 from stage2_transformer.model import load_transformer
-from stage2_transformer.precompute import precompute_codes, vqvae_fingerprint
+from stage2_transformer.precompute import precompute_codes
 from stage2_transformer.run_config import CodesConfig, SamplingConfig, TokenizerConfig
 from stage2_transformer.stage1_record import STAGE1_RECORD, describe, read_stage1_record, recorded_stage1_path
 from stage2_transformer.tokenizer import load_caption_tokenizer
@@ -65,7 +66,7 @@ def stage1_model_of_run(run: Path, vqvae: str | None) -> str:
     recorded = recorded_stage1_path(record)
     if recorded is not None:
         return recorded
-    if vqvae is not None and Path(vqvae).is_dir() and vqvae_fingerprint(vqvae) == record["fingerprint"]:
+    if vqvae is not None and Path(vqvae).is_dir() and model_fingerprint(vqvae) == record["fingerprint"]:
         return vqvae  # the recorded model, moved
     raise FileNotFoundError(
         f"{run / STAGE1_RECORD} names the stage-1 model {describe(record)}, which is not a folder from here, "

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from minidalle import data as data_lib
+from minidalle.hub import file_fingerprint, model_fingerprint
 from minidalle.training import fault_point
 from stage2_transformer.tokenizer import encode_captions
 
@@ -33,20 +34,6 @@ META_FILE = "codes_meta.json"
 
 class CodesMismatchError(ValueError):
     pass
-
-
-def file_fingerprint(*paths: Path) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()[:16]
-
-
-def vqvae_fingerprint(vqvae_dir: str | Path) -> str:
-    folder = Path(vqvae_dir)
-    return file_fingerprint(folder / "config.json", folder / "model.safetensors")
 
 
 def tokenizer_fingerprint(tokenizer_dir: str | Path) -> str:
@@ -118,7 +105,7 @@ def precompute_codes(
     """Encode ``hf_dataset`` (image, text) to codes, or reuse a stored result. Returns a datasets.Dataset."""
     import datasets
 
-    vqvae_fp = vqvae_fingerprint(vqvae_dir)
+    vqvae_fp = model_fingerprint(vqvae_dir)
     resolution = vqvae.config.resolution
     key_parts = {
         "vqvae_fingerprint": vqvae_fp,
@@ -194,5 +181,5 @@ def load_codes_dir(path: str | Path, vqvae_dir: str | Path, codebook_size: int):
     if not (folder / META_FILE).is_file():
         raise FileNotFoundError(f"{folder} holds no pre-encoded codes (no {META_FILE}).")
     meta = json.loads((folder / META_FILE).read_text())
-    check_codes_meta(meta, vqvae_fingerprint(vqvae_dir), codebook_size, str(folder))
+    check_codes_meta(meta, model_fingerprint(vqvae_dir), codebook_size, str(folder))
     return datasets.load_from_disk(str(folder / "data")), meta

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from minidalle import data as data_lib
 from minidalle.config import parse_config
+from minidalle.hub import model_fingerprint
 from minidalle.images import captioned_grid, to_chw_uint8
 from minidalle.training import (
     GracefulStop,
@@ -57,7 +58,6 @@ from stage2_transformer.precompute import (
     CodesMismatchError,
     load_codes_dir,
     precompute_codes,
-    vqvae_fingerprint,
 )
 from stage2_transformer.run_config import Stage2RunConfig
 from stage2_transformer.stage1_record import describe, read_stage1_record, write_stage1_record
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
             "--config configs/stage1_tiny.yaml) and point vqvae at its <output_dir>/vqvae."
         )
     vqvae = VQVAE.from_pretrained(cfg.vqvae, device=accelerator.device).requires_grad_(False)
-    fingerprint = vqvae_fingerprint(cfg.vqvae)
+    fingerprint = model_fingerprint(cfg.vqvae)
     started = holds_run(output_dir)  # has logged or checkpointed training steps
     if started:
         check_stage1_matches_run(output_dir, cfg.vqvae, fingerprint, vqvae.config.codebook_size)

@@ -16,12 +16,12 @@ import pytest
 import torch
 from PIL import Image
 
+from minidalle.hub import model_fingerprint
 from pipeline import IncompatiblePartsError, MiniDallePipeline
 from pipeline.assemble import assemble_pipeline
 from pipeline.assemble import main as assemble_main
 from pipeline.generate import main as generate_main
 from pipeline.pipeline import _mix
-from stage2_transformer.precompute import vqvae_fingerprint
 from stage2_transformer.sampling import sample_image_codes
 from stage2_transformer.stage1_record import write_stage1_record
 from stage2_transformer.tokenizer import encode_captions, train_caption_tokenizer
@@ -96,7 +96,7 @@ def test_assemble_finds_the_recorded_stage1_model_from_another_directory(tmp_pat
     stage1, stage2 = build_tiny_runs(tmp_path)
     monkeypatch.chdir(tmp_path)
     write_stage1_record(
-        stage2, "stage1/vqvae", vqvae_fingerprint(stage1 / "vqvae"), CODEBOOK
+        stage2, "stage1/vqvae", model_fingerprint(stage1 / "vqvae"), CODEBOOK
     )  # relative, as typed
     monkeypatch.chdir(stage2)  # where "stage1/vqvae" leads nowhere: the absolute path is used
     assert (stage2 / "stage1.json").is_file() and not Path("stage1/vqvae").exists()

@@ -10,11 +10,11 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from minidalle.hub import model_fingerprint
 from stage1_vqvae.config import VQVAEConfig
 from stage1_vqvae.model import VQVAE
 from stage2_transformer.layout import SequenceLayout
 from stage2_transformer.model import load_transformer
-from stage2_transformer.precompute import vqvae_fingerprint
 from stage2_transformer.tokenizer import load_caption_tokenizer
 from tests.conftest import launch, read_metrics
 
@@ -151,7 +151,7 @@ def test_mismatched_stage1_model_fails_clearly(tmp_path, vqvae_dir, shapes_cache
                                                      "--train.max_steps", "2", "--train.image_every", "0",
                                                      "--train.eval_every", "0"))  # fmt: skip
     record = json.loads((tmp_path / "new2" / "stage1.json").read_text())
-    assert record["fingerprint"] == vqvae_fingerprint(same_size) and record["codebook_size"] == 32
+    assert record["fingerprint"] == model_fingerprint(same_size) and record["codebook_size"] == 32
     assert record["absolute_path"] == str(Path(same_size).resolve())
 
 

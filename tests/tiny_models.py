@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
+from minidalle.hub import model_fingerprint
 from stage1_vqvae.config import VQVAEConfig
 from stage1_vqvae.model import VQVAE
 from stage2_transformer.layout import SequenceLayout
 from stage2_transformer.model import TransformerConfig, build_transformer, save_transformer
-from stage2_transformer.precompute import vqvae_fingerprint
 from stage2_transformer.stage1_record import write_stage1_record
 from stage2_transformer.tokenizer import train_caption_tokenizer
 
@@ -57,7 +57,7 @@ def build_tiny_runs(root: str | Path, seed: int = 0) -> tuple[Path, Path]:
     # A wide init makes the random model's predictions peaked and dependent on the caption.
     cfg = TransformerConfig(hidden_size=32, num_layers=2, num_heads=2, initializer_range=0.3)
     save_transformer(build_transformer(cfg, layout), layout, stage2 / "transformer")
-    write_stage1_record(stage2, stage1 / "vqvae", vqvae_fingerprint(stage1 / "vqvae"), CODEBOOK)
+    write_stage1_record(stage2, stage1 / "vqvae", model_fingerprint(stage1 / "vqvae"), CODEBOOK)
     return stage1, stage2
 
 
