@@ -37,8 +37,8 @@ import torch
 from PIL import Image
 
 from minidalle.config import ConfigError, build_dataclass, load_json_object
-from minidalle.data import pil_to_tensor, resize_center_crop, tensor_to_pil, to_rgb
 from minidalle.hub import model_fingerprint
+from minidalle.pixels import pil_to_tensor, resize_center_crop, tensor_to_pil, to_rgb
 from stage1_vqvae.model import VQVAE
 from stage2_transformer.layout import LAYOUT_FILE, SequenceLayout
 from stage2_transformer.model import load_transformer, save_transformer

@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from minidalle.data import tensor_to_pil
+from minidalle.pixels import tensor_to_pil
 from stage1_vqvae.model import VQVAE, psnr
 
 

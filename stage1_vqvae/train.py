@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from minidalle import data as data_lib
 from minidalle.config import ConfigError, parse_config
 from minidalle.images import reconstruction_grid, to_chw_uint8
+from minidalle.pixels import tensor_to_pil
 from minidalle.shapes import attributes_right
 from minidalle.training import (
     GracefulStop,
@@ -58,7 +59,7 @@ logger = logging.getLogger("stage1_vqvae.train")
 def log_reconstructions(accelerator, model, grid_pixels, output_dir: Path, step: int) -> None:
     model.eval()
     reconstruction = model.decode_codes(model.encode(grid_pixels))  # (n, 3, H, W)
-    grid = reconstruction_grid(data_lib.tensor_to_pil(grid_pixels), data_lib.tensor_to_pil(reconstruction))
+    grid = reconstruction_grid(tensor_to_pil(grid_pixels), tensor_to_pil(reconstruction))
     (output_dir / "images").mkdir(exist_ok=True)
     grid.save(output_dir / "images" / f"reconstructions-{step:06d}.png")
     for tracker in accelerator.trackers:

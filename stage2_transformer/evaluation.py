@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from minidalle.data import tensor_to_pil
+from minidalle.pixels import tensor_to_pil
 from minidalle.shapes import attributes_right
 from stage2_transformer.layout import SequenceLayout
 from stage2_transformer.sampling import image_token_log_likelihood, sample_image_codes

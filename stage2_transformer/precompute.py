@@ -24,6 +24,7 @@ import torch
 
 from minidalle import data as data_lib
 from minidalle.hub import file_fingerprint, model_fingerprint
+from minidalle.pixels import preprocess
 from minidalle.training import fault_point
 from stage2_transformer.tokenizer import encode_captions
 
@@ -63,7 +64,7 @@ def _encode_shard(hf_shard, vqvae, tokenizer, text_len: int, resolution: int, ba
         pixels, captions = [], []
         for value, caption in zip(batch["image"], batch["text"]):
             try:
-                pixels.append(data_lib.preprocess(value, resolution))
+                pixels.append(preprocess(value, resolution))
                 captions.append(caption or "")
             except Exception as err:  # noqa: BLE001 - skip and report, never stop
                 data_lib.SKIPPED.record(
