@@ -18,7 +18,6 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import argparse  # noqa: E402
 import logging  # noqa: E402
-import secrets  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
@@ -28,8 +27,8 @@ import gradio as gr  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from minidalle.images import upscale  # noqa: E402
-from pipeline import MiniDallePipeline  # noqa: E402
-from pipeline.pipeline import PIPELINE_CONFIG_FILE  # noqa: E402
+from pipeline import PIPELINE_CONFIG_FILE, MiniDallePipeline, PromptTruncatedWarning  # noqa: E402
+from pipeline.seeds import RANDOM_SEEDS_BELOW, draw_seed  # noqa: E402
 
 logger = logging.getLogger("app_gradio")
 
@@ -38,7 +37,7 @@ DEFAULT_MODEL = ROOT / "outputs" / "pipeline_tiny"
 TRAIN_COMMAND = "bash scripts/demo.sh"
 MAX_PROMPT_CHARS = 300
 MAX_IMAGES = 16
-MAX_SEED = 2**31 - 1
+MAX_SEED = RANDOM_SEEDS_BELOW - 1  # the seed box's limit: seeds the app draws fit in it
 EXAMPLES = [
     "a small red circle at the top left",
     "a large blue square in the center",
@@ -78,17 +77,39 @@ def build_app(
         # Tiny images are blown up by whole pixels (nearest): crisp in the page, still lossless PNGs.
         return [upscale(im, display_size) for im in images]
 
-    def generate(prompt, num_images, temperature, top_k, top_p, guidance_scale, seed, randomize, progress=gr.Progress()):  # noqa: B008  # fmt: skip
+    def generate(
+        prompt,
+        num_images,
+        temperature,
+        top_k,
+        top_p,
+        guidance_scale,
+        seed,
+        randomize,
+        progress=gr.Progress(),  # noqa: B008
+    ):
         kwargs = _check_request(prompt, num_images, seed, randomize, max_images, max_prompt_chars)
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 stream = pipe.stream(
-                    kwargs["prompt"], num_images_per_prompt=kwargs["num_images"], temperature=temperature,
-                    top_k=_as_int(top_k), top_p=top_p, guidance_scale=guidance_scale, seed=kwargs["seed"],
-                )  # fmt: skip
+                    kwargs["prompt"],
+                    num_images_per_prompt=kwargs["num_images"],
+                    temperature=temperature,
+                    top_k=_as_int(top_k),
+                    top_p=top_p,
+                    guidance_scale=guidance_scale,
+                    seed=kwargs["seed"],
+                )
             for w in caught:
-                gr.Warning(str(w.message).split(": ", 1)[0] + ": it was cut to fit.")
+                if isinstance(w.message, PromptTruncatedWarning):
+                    cut = w.message.cuts[0].tokens_cut
+                    gr.Warning(
+                        f"Prompt too long for this model (it reads {w.message.text_len} tokens): "
+                        f"its last {cut} tokens were cut."
+                    )
+                else:
+                    logger.warning("%s", w.message)
             started = time.perf_counter()
             done: list = []  # images of the finished batches
             progress(0.0, desc="Sampling")
@@ -123,18 +144,26 @@ def build_app(
         with gr.Row():
             with gr.Column(scale=1):
                 prompt = gr.Textbox(
-                    label="Prompt", placeholder=examples[0] if examples else "describe a picture",
-                    max_length=max_prompt_chars, lines=2, elem_id="prompt",
-                )  # fmt: skip
+                    label="Prompt",
+                    placeholder=examples[0] if examples else "describe a picture",
+                    max_length=max_prompt_chars,
+                    lines=2,
+                    elem_id="prompt",
+                )
                 num_images = gr.Slider(
                     1, max_images, value=min(4, max_images), step=1, label="Number of images"
                 )
                 with gr.Accordion("Sampling", open=False):
-                    temperature = gr.Slider(0.1, 2.0, value=cfg.temperature, step=0.05, label="Temperature")
+                    temperature = gr.Slider(
+                        0.0, 2.0, value=cfg.temperature, step=0.05, label="Temperature (0 = greedy)"
+                    )
                     top_k = gr.Slider(
-                        1, layout.codebook_size, value=cfg.top_k or layout.codebook_size, step=1,
+                        1,
+                        layout.codebook_size,
+                        value=cfg.top_k or layout.codebook_size,
+                        step=1,
                         label=f"Top-k ({layout.codebook_size} = off)",
-                    )  # fmt: skip
+                    )
                     top_p = gr.Slider(0.05, 1.0, value=cfg.top_p or 1.0, step=0.01, label="Top-p (1 = off)")
                     guidance = gr.Slider(
                         0.0, 10.0, value=cfg.guidance_scale, step=0.25, label="Guidance scale (1 = off)"
@@ -144,14 +173,22 @@ def build_app(
                     randomize = gr.Checkbox(value=True, label="Randomise seed")
                 button = gr.Button("Generate", variant="primary", elem_id="generate")
                 status = gr.Markdown(
-                    "The pictures appear row by row while the codes are sampled.", elem_id="status",
-                    min_height=64, container=True, padding=True,
-                )  # fmt: skip
+                    "The pictures appear row by row while the codes are sampled.",
+                    elem_id="status",
+                    min_height=64,
+                    container=True,
+                    padding=True,
+                )
             with gr.Column(scale=2):
                 gallery = gr.Gallery(
-                    label="Images", format="png", columns=4, object_fit="contain", height="auto",
-                    interactive=False, elem_id="gallery",
-                )  # fmt: skip
+                    label="Images",
+                    format="png",
+                    columns=4,
+                    object_fit="contain",
+                    height="auto",
+                    interactive=False,
+                    elem_id="gallery",
+                )
                 seed_used = gr.Number(label="Seed used", precision=0, interactive=False, elem_id="seed-used")
         if examples:
             gr.Examples(examples=[[e] for e in examples], inputs=[prompt], label="Example prompts")
@@ -168,7 +205,7 @@ def _as_int(value):
 
 
 def _check_request(prompt, num_images, seed, randomize, max_images: int, max_prompt_chars: int) -> dict:
-    """The app's own caps (the pipeline checks the sampling settings); errors show in the page."""
+    """The app's own caps (the pipeline checks the sampling settings and the seed); errors show in the page."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise gr.Error("Enter a prompt: describe the picture to generate.", print_exception=False)
     if len(prompt) > max_prompt_chars:
@@ -178,15 +215,13 @@ def _check_request(prompt, num_images, seed, randomize, max_images: int, max_pro
         )
     num_images = _as_int(num_images)
     if isinstance(num_images, bool) or not isinstance(num_images, int) or not 1 <= num_images <= max_images:
-        raise gr.Error(f"Number of images must be an integer in [1, {max_images}], got {num_images!r}.", print_exception=False)  # fmt: skip
-    if randomize or seed is None:
-        seed = secrets.randbelow(MAX_SEED + 1)  # drawn here, so the page can show it while sampling
-    else:
-        seed = _as_int(seed)
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-            raise gr.Error(
-                f"Seed must be an integer in [0, {MAX_SEED}], got {seed!r}.", print_exception=False
-            )
+        raise gr.Error(
+            f"Number of images must be an integer in [1, {max_images}], got {num_images!r}.",
+            print_exception=False,
+        )
+    # Drawn here rather than by the pipeline, so the page can show it while sampling; a typed seed is
+    # checked by the pipeline.
+    seed = draw_seed() if randomize or seed is None else _as_int(seed)
     return {"prompt": prompt.strip(), "num_images": num_images, "seed": seed}
 
 
@@ -201,7 +236,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", help="fp32, bf16 or fp16 (default: bf16 on cuda, fp32 on cpu)")
     p.add_argument("--concurrency-limit", type=int, default=2, help="generations run at once (default 2)")
     p.add_argument("--max-queue", type=int, default=64, help="requests waiting at most (default 64)")
-    p.add_argument("--max-images", type=int, default=MAX_IMAGES, help=f"images per request at most (default {MAX_IMAGES})")  # fmt: skip
+    p.add_argument(
+        "--max-images",
+        type=int,
+        default=MAX_IMAGES,
+        help=f"images per request at most (default {MAX_IMAGES})",
+    )
     return p.parse_args(argv)
 
 
@@ -221,9 +261,14 @@ def main(argv: list[str] | None = None) -> None:
     demo = build_app(pipe, max_images=args.max_images)
     demo.queue(default_concurrency_limit=args.concurrency_limit, max_size=args.max_queue)
     demo.launch(
-        server_name=args.host, server_port=args.port, share=False, ssr_mode=False, mcp_server=False,
-        show_error=False, footer_links=["api"],
-    )  # fmt: skip
+        server_name=args.host,
+        server_port=args.port,
+        share=False,
+        ssr_mode=False,
+        mcp_server=False,
+        show_error=False,
+        footer_links=["api"],
+    )
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 from benchmarks.model_sizes import SIZES, stage2_setting  # noqa: E402
+from minidalle.devices import resolve_device_dtype  # noqa: E402
 from stage2_transformer.model import build_transformer  # noqa: E402
 from stage2_transformer.sampling import sample_image_codes  # noqa: E402
 
@@ -40,9 +41,13 @@ from stage2_transformer.sampling import sample_image_codes  # noqa: E402
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="a pipeline folder (default: a random model, see --size)")
-    p.add_argument("--size", choices=SIZES, default="tiny",
-                   help="the random model's size (benchmarks/model_sizes.py): tiny is the demo's, gpu "
-                        "configs/stage2_gpu.yaml's (353M parameters, 64 caption tokens + 32x32 codes)")  # fmt: skip
+    p.add_argument(
+        "--size",
+        choices=SIZES,
+        default="tiny",
+        help="the random model's size (benchmarks/model_sizes.py): tiny is the demo's, gpu "
+        "configs/stage2_gpu.yaml's (353M parameters, 64 caption tokens + 32x32 codes)",
+    )
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--guidance-scale", type=float, default=3.0, help="the 'guidance on' setting (default 3)")
     p.add_argument("--repeats", type=int, default=2, help="timed runs per setting; the best counts")
@@ -57,8 +62,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def load_model(args: argparse.Namespace):
-    from pipeline.pipeline import resolve_device_dtype
-
     device, dtype = resolve_device_dtype(args.device, args.dtype)
     if args.model:
         from pipeline import MiniDallePipeline
@@ -113,8 +116,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     rows = []
     header = f"{'batch':>5}  {'guidance':>8}  {'method':>9}  {'seconds':>8}  {'images/s':>9}  {'speedup':>7}"
-    print(f"{source}: {layout.grid_h}x{layout.grid_w} codes, {layout.text_len} caption tokens, "
-          f"sequence {layout.seq_len}; {device} {next(model.parameters()).dtype}, {torch.get_num_threads()} threads")  # fmt: skip
+    print(
+        f"{source}: {layout.grid_h}x{layout.grid_w} codes, {layout.text_len} caption tokens, "
+        f"sequence {layout.seq_len}; {device} {next(model.parameters()).dtype}, {torch.get_num_threads()} threads"
+    )
     print(header)
     print("-" * len(header))
     for batch in args.batch_sizes:
@@ -125,13 +130,21 @@ def main(argv: list[str] | None = None) -> dict:
                 baseline = baseline or seconds  # the first method is recomputation
                 speedup = baseline / seconds
                 row = {
-                    "batch_size": batch, "guidance": guidance != 1.0, "guidance_scale": guidance,
-                    "method": method, "kv_cache": method != "recompute", "seconds": seconds,
-                    "images_per_s": batch / seconds, "speedup_vs_recompute": speedup,
-                }  # fmt: skip
+                    "batch_size": batch,
+                    "guidance": guidance != 1.0,
+                    "guidance_scale": guidance,
+                    "method": method,
+                    "kv_cache": method != "recompute",
+                    "seconds": seconds,
+                    "images_per_s": batch / seconds,
+                    "speedup_vs_recompute": speedup,
+                }
                 rows.append(row)
-                print(f"{batch:>5}  {('on' if row['guidance'] else 'off'):>8}  {method:>9}  "
-                      f"{seconds:>8.3f}  {row['images_per_s']:>9.2f}  {speedup:>6.1f}x", flush=True)  # fmt: skip
+                print(
+                    f"{batch:>5}  {('on' if row['guidance'] else 'off'):>8}  {method:>9}  "
+                    f"{seconds:>8.3f}  {row['images_per_s']:>9.2f}  {speedup:>6.1f}x",
+                    flush=True,
+                )
     report = {
         "model": source,
         "layout": layout.to_dict(),
@@ -139,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device)
         if device.type == "cuda"
-        else platform.processor() or platform.machine(),  # fmt: skip
+        else platform.processor() or platform.machine(),
         "dtype": str(next(model.parameters()).dtype),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

@@ -1,39 +1,31 @@
 """The text-to-image pipeline: both stages and the caption tokenizer behind one call.
 
-pipeline  MiniDallePipeline (from_pretrained / save_pretrained / __call__ / stream / complete)
+pipeline  MiniDallePipeline: __call__ / stream / complete in named phases; from_pretrained / save_pretrained
+settings  GenerationSettings, the keywords of a call, and the checks that are the pipeline's own
+seeds     one seeded generator per image
+outputs   PipelineOutput, RowEvent, PromptTruncatedWarning
+stream    GenerationStream: the rows of a running call as an iterator
+folder    the pipeline folder on disk: PipelineConfig (pipeline_config.json) and the parts' checks
 assemble  build a pipeline folder from the stage-1 and stage-2 training runs
 rerank    ClipReranker: keep the candidates a local CLIP model matches best
 generate  the command line: python -m pipeline.generate --model DIR --prompt "..." -n 8 --out grid.png
 """
 
-from .pipeline import (
-    PIPELINE_CONFIG_FILE,
-    GenerationCancelled,
-    GenerationStream,
-    IncompatiblePartsError,
-    MiniDallePipeline,
-    PipelineConfig,
-    PipelineOutput,
-    RowEvent,
-)
+from .folder import PIPELINE_CONFIG_FILE, IncompatiblePartsError, PipelineConfig
+from .outputs import PipelineOutput, PromptTruncatedWarning, RowEvent
+from .pipeline import MiniDallePipeline
+from .settings import GenerationSettings
+from .stream import GenerationCancelled, GenerationStream
 
 __all__ = [
     "PIPELINE_CONFIG_FILE",
     "GenerationCancelled",
+    "GenerationSettings",
     "GenerationStream",
     "IncompatiblePartsError",
     "MiniDallePipeline",
     "PipelineConfig",
     "PipelineOutput",
+    "PromptTruncatedWarning",
     "RowEvent",
-    "assemble_pipeline",
 ]
-
-
-def __getattr__(name):
-    # assemble imports the pipeline; importing it lazily keeps `import pipeline` light and acyclic.
-    if name == "assemble_pipeline":
-        from .assemble import assemble_pipeline
-
-        return assemble_pipeline
-    raise AttributeError(name)

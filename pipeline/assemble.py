@@ -21,14 +21,8 @@ from pathlib import Path
 from minidalle.hub import model_fingerprint
 from stage2_transformer.stage1_record import STAGE1_RECORD, describe, read_stage1_record, recorded_stage1_path
 
-from .pipeline import (
-    PIPELINE_CONFIG_FILE,
-    TOKENIZER_DIR,
-    TRANSFORMER_DIR,
-    VQVAE_DIR,
-    MiniDallePipeline,
-    PipelineConfig,
-)
+from .folder import PIPELINE_CONFIG_FILE, TOKENIZER_DIR, TRANSFORMER_DIR, VQVAE_DIR, PipelineConfig
+from .pipeline import MiniDallePipeline
 
 _VQVAE_FILES = ("config.json", "model.safetensors")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")

@@ -105,10 +105,17 @@ def _generate(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("always")  # an over-long prompt warns each time
         output = pipe(
-            prompts, num_images_per_prompt=args.num_images, temperature=args.temperature, top_k=args.top_k,
-            top_p=args.top_p, guidance_scale=args.guidance_scale, seed=args.seed, batch_size=args.batch_size,
-            on_row=on_row, **extra,
-        )  # fmt: skip
+            prompts,
+            num_images_per_prompt=args.num_images,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            guidance_scale=args.guidance_scale,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            on_row=on_row,
+            **extra,
+        )
     bar.n = 1.0
     bar.close()
 

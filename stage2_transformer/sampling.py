@@ -24,6 +24,8 @@ from collections.abc import Callable, Sequence
 import torch
 from transformers import DynamicCache
 
+from minidalle.arguments import check_int, is_number
+
 from .decoding import KVDecoder
 from .layout import SequenceLayout
 
@@ -62,9 +64,7 @@ def sample_image_codes(
     """
     if cache_implementation not in ("static", "dynamic"):
         raise ValueError(f"cache_implementation must be 'static' or 'dynamic', got {cache_implementation!r}.")
-    _check_sampling_args(temperature, top_k, top_p, guidance_scale)
-    if not 0.0 <= guidance_plausibility < 1.0:
-        raise ValueError(f"guidance_plausibility must be in [0, 1), got {guidance_plausibility}.")
+    top_k = check_sampling_args(temperature, top_k, top_p, guidance_scale, guidance_plausibility)
     device = _model_device(model)
     text_ids = _check_text_ids(text_ids, layout).to(device)  # (B, T)
     batch, h, w = text_ids.shape[0], layout.grid_h, layout.grid_w
@@ -219,15 +219,37 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _check_sampling_args(temperature, top_k, top_p, guidance_scale) -> None:
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}.")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}.")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}.")
-    if guidance_scale < 0:
-        raise ValueError(f"guidance_scale must be >= 0 (1 = no guidance), got {guidance_scale}.")
+def check_sampling_args(
+    temperature,
+    top_k,
+    top_p,
+    guidance_scale,
+    guidance_plausibility=DEFAULT_GUIDANCE_PLAUSIBILITY,
+) -> int | None:
+    """Raise a ValueError naming the first setting out of its range; return ``top_k`` as an int (or None).
+
+    The one check of these settings: the pipeline and its config file call it too. Temperature 0 is
+    greedy decoding (always the most likely code): the limit of softmax(logits / T) as T -> 0, and what
+    samplers of language models (transformers' ``do_sample=False``, most APIs' ``temperature=0``) do.
+    """
+    if not is_number(temperature) or temperature < 0:
+        raise ValueError(
+            f"temperature must be a number >= 0 (0 = greedy, 1 samples the model as trained; lower is more "
+            f"conservative), got {temperature!r}."
+        )
+    if top_k is not None:
+        top_k = check_int("top_k", top_k, 1, None, "or None for no top-k cut")
+    if top_p is not None and (not is_number(top_p) or not 0.0 < top_p <= 1.0):
+        raise ValueError(f"top_p must be in (0, 1] (1 = no nucleus cut) or None, got {top_p!r}.")
+    if not is_number(guidance_scale) or guidance_scale < 0:
+        raise ValueError(
+            f"guidance_scale must be a number >= 0 (1 = no classifier-free guidance), got {guidance_scale!r}."
+        )
+    if not is_number(guidance_plausibility) or not 0 <= guidance_plausibility < 1:
+        raise ValueError(
+            f"guidance_plausibility must lie in [0, 1) (0 = no cut), got {guidance_plausibility!r}."
+        )
+    return top_k
 
 
 def _check_text_ids(text_ids: torch.Tensor, layout: SequenceLayout) -> torch.Tensor:

@@ -14,6 +14,7 @@ import json
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
@@ -23,6 +24,32 @@ PAD_TOKEN = "<pad>"
 UNK_TOKEN = "<unk>"
 SPECIAL_TOKENS = [PAD_TOKEN, UNK_TOKEN]  # ids 0 and 1, in this order
 _MIN_VOCAB = 256 + len(SPECIAL_TOKENS)
+
+
+class CaptionCut(NamedTuple):
+    index: int  # the caption's position in the batch
+    preview: str  # its start, quoted
+    tokens_cut: int
+    tokens: int  # before cutting
+
+
+class CaptionTruncatedWarning(UserWarning):
+    """Captions longer than ``text_len`` tokens kept only their first ``text_len``; ``cuts`` says which."""
+
+    def __init__(self, text_len: int, num_captions: int, cuts: list[CaptionCut]):
+        super().__init__(text_len, num_captions, cuts)
+        self.text_len, self.num_captions, self.cuts = text_len, num_captions, cuts
+
+    def __str__(self) -> str:
+        shown = "; ".join(
+            f"caption {c.index} ({c.preview}): cut {c.tokens_cut} of {c.tokens} tokens"
+            for c in self.cuts[:10]
+        )
+        more = f"; and {len(self.cuts) - 10} more" if len(self.cuts) > 10 else ""
+        return (
+            f"{len(self.cuts)} of {self.num_captions} captions are longer than text_len={self.text_len} tokens and "
+            f"were truncated, {sum(c.tokens_cut for c in self.cuts)} tokens cut in all: {shown}{more}."
+        )
 
 
 def train_caption_tokenizer(
@@ -124,7 +151,7 @@ def encode_captions(
     """Encode captions to a (B, text_len) LongTensor, right-padded with ``tokenizer.pad_token_id``.
 
     Captions longer than ``text_len`` tokens keep their first ``text_len`` tokens; with ``warn`` a
-    single warning names each truncated caption and how many tokens it lost.
+    single ``CaptionTruncatedWarning`` names each truncated caption and how many tokens it lost.
     """
     if isinstance(captions, str):
         raise TypeError("encode_captions expects a list of captions, got a single string.")
@@ -136,23 +163,15 @@ def encode_captions(
     captions = [_clean(c) for c in captions]
     encoded = tokenizer(captions, add_special_tokens=False)["input_ids"] if captions else []
     ids = torch.full((len(captions), text_len), pad_id, dtype=torch.long)  # (B, T)
-    cut = []  # (caption index, tokens cut, tokens before cutting)
+    cuts = []
     for i, tokens in enumerate(encoded):
         if len(tokens) > text_len:
-            cut.append((i, len(tokens) - text_len, len(tokens)))
+            cuts.append(CaptionCut(i, _preview(captions[i]), len(tokens) - text_len, len(tokens)))
             tokens = tokens[:text_len]
         if tokens:
             ids[i, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-    if cut and warn:
-        shown = "; ".join(
-            f"caption {i} ({_preview(captions[i])}): cut {n} of {total} tokens" for i, n, total in cut[:10]
-        )
-        more = f"; and {len(cut) - 10} more" if len(cut) > 10 else ""
-        warnings.warn(
-            f"{len(cut)} of {len(captions)} captions are longer than text_len={text_len} tokens and were "
-            f"truncated, {sum(n for _, n, _ in cut)} tokens cut in all: {shown}{more}.",
-            stacklevel=2,
-        )
+    if cuts and warn:
+        warnings.warn(CaptionTruncatedWarning(text_len, len(captions), cuts), stacklevel=2)
     return ids
 
 

@@ -37,8 +37,14 @@ def running_app(model_dir: Path, workdir: Path, *extra: str, timeout: float = 12
     """Launch ``python app_gradio.py --model model_dir`` on a free localhost port; yield its URL."""
     port = free_port()
     log = open(workdir / "app.log", "w")  # noqa: SIM115  (a file, not a pipe: a full pipe would block the server)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
-           "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(workdir / "gradio_cache")}  # fmt: skip
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONUNBUFFERED": "1",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "GRADIO_TEMP_DIR": str(workdir / "gradio_cache"),
+    }
     command = [
         sys.executable,
         str(ROOT / "app_gradio.py"),
@@ -54,7 +60,9 @@ def running_app(model_dir: Path, workdir: Path, *extra: str, timeout: float = 12
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
-                raise AssertionError(f"the app exited with {proc.returncode}:\n{(workdir / 'app.log').read_text()[-4000:]}")  # fmt: skip
+                raise AssertionError(
+                    f"the app exited with {proc.returncode}:\n{(workdir / 'app.log').read_text()[-4000:]}"
+                )
             try:
                 with urllib.request.urlopen(url, timeout=2) as response:
                     if response.status == 200:
@@ -62,7 +70,9 @@ def running_app(model_dir: Path, workdir: Path, *extra: str, timeout: float = 12
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise AssertionError(f"the app did not answer in {timeout}s:\n{(workdir / 'app.log').read_text()[-4000:]}")  # fmt: skip
+                raise AssertionError(
+                    f"the app did not answer in {timeout}s:\n{(workdir / 'app.log').read_text()[-4000:]}"
+                )
             time.sleep(0.3)
         yield url
     finally:
@@ -137,7 +147,7 @@ def test_invalid_requests_show_an_error_and_the_app_keeps_serving(client):
         (("   ",) + SETTINGS[1:], "Enter a prompt"),
         (("x" * 301,) + SETTINGS[1:], "limit is 300"),
         ((PROMPT, 9) + SETTINGS[2:], "9"),  # more images than --max-images 8
-        ((PROMPT, 2, 0.0) + SETTINGS[3:], "0"),  # temperature <= 0
+        ((PROMPT, 2, -1.0) + SETTINGS[3:], "-1"),  # temperature < 0 (0 is greedy)
         (SETTINGS[:6] + (-3, False), "-3"),  # negative seed
     ]
     for args, match in bad:

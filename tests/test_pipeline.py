@@ -21,7 +21,7 @@ from pipeline import IncompatiblePartsError, MiniDallePipeline
 from pipeline.assemble import assemble_pipeline
 from pipeline.assemble import main as assemble_main
 from pipeline.generate import main as generate_main
-from pipeline.pipeline import _mix
+from pipeline.seeds import mix
 from stage2_transformer.sampling import sample_image_codes
 from stage2_transformer.stage1_record import write_stage1_record
 from stage2_transformer.tokenizer import encode_captions, train_caption_tokenizer
@@ -136,7 +136,12 @@ def test_assemble_refuses_another_stage1_model(tmp_path):
     assert (
         assemble_main(["--stage1", str(stage1), "--stage2", str(stage2), "--out", str(tmp_path / "p")]) == 0
     )
-    assert assemble_main(["--stage1", str(tmp_path / "other"), "--stage2", str(stage2), "--out", str(tmp_path / "x")]) == 2  # fmt: skip
+    assert (
+        assemble_main(
+            ["--stage1", str(tmp_path / "other"), "--stage2", str(stage2), "--out", str(tmp_path / "x")]
+        )
+        == 2
+    )
 
 
 def _mutate_codebook(folder: Path, tmp: Path):
@@ -192,7 +197,7 @@ def _remove(name: str):
         (_mutate_stage1_weights, IncompatiblePartsError, "fingerprint"),
         (_edit_config(guidance=2.0), ValueError, "Unknown config key 'guidance'.*guidance_scale"),
         (_edit_config(format_version=2), ValueError, "format_version=2"),
-        (_edit_config(temperature=0), ValueError, "temperature must be a number > 0"),
+        (_edit_config(temperature=-1), ValueError, "temperature must be a number >= 0"),
         (_remove("vqvae"), FileNotFoundError, "incomplete: missing vqvae/config.json"),
         (
             _remove("transformer/model.safetensors"),
@@ -215,7 +220,7 @@ def _remove(name: str):
         "no_weights",
         "no_tokenizer",
         "no_config",
-    ],  # fmt: skip
+    ],
 )
 def test_mismatched_or_incomplete_folder_fails_at_load(tmp_path, mutate, error, match):
     folder = build_tiny_pipeline(tmp_path)
@@ -264,6 +269,9 @@ def test_same_seed_same_images_and_random_seed_is_returned(pipe):
     drawn = pipe(PROMPTS[0], seed=None, return_codes=True)
     assert isinstance(drawn.seed, int) and 0 <= drawn.seed < 2**31
     assert torch.equal(pipe(PROMPTS[0], seed=drawn.seed, return_codes=True).codes, drawn.codes)
+    # temperature 0 is greedy: the seed no longer matters
+    greedy = [pipe(PROMPTS[0], temperature=0, seed=s, return_codes=True).codes for s in (1, 2)]
+    assert torch.equal(greedy[0], greedy[1])
 
 
 def test_only_image_codes_are_sampled_and_fed_back(pipe):
@@ -313,7 +321,7 @@ def test_guidance_at_scale_one_equals_plain_sampling(pipe):
     # sampling from the same per-image streams (with the library's plausibility cut off, which would
     # otherwise trim the tail whenever guidance runs).
     text_ids = encode_captions(pipe.tokenizer, PROMPTS, pipe.layout.text_len).repeat_interleave(2, dim=0)
-    generators = [torch.Generator().manual_seed(_mix(11, j)) for j in range(6)]
+    generators = [torch.Generator().manual_seed(mix(11, j)) for j in range(6)]
     params = inspect.signature(sample_image_codes).parameters
     extra = {"guidance_plausibility": 0.0} if "guidance_plausibility" in params else {}
     mixed = sample_image_codes(
@@ -325,7 +333,10 @@ def test_guidance_at_scale_one_equals_plain_sampling(pipe):
 def test_batched_prompts_equal_prompts_one_by_one(pipe):
     seeds = [5, 6, 7]
     batched = pipe(PROMPTS, num_images_per_prompt=2, seed=seeds, batch_size=6, return_codes=True)
-    alone = [pipe(p, num_images_per_prompt=2, seed=[s], batch_size=1, return_codes=True) for p, s in zip(PROMPTS, seeds)]  # fmt: skip
+    alone = [
+        pipe(p, num_images_per_prompt=2, seed=[s], batch_size=1, return_codes=True)
+        for p, s in zip(PROMPTS, seeds)
+    ]
     assert torch.equal(batched.codes, torch.cat([o.codes for o in alone]))
     assert _pixels(batched.images) == [px for o in alone for px in _pixels(o.images)]
     # an integer seed: images do not depend on batch_size either
@@ -333,7 +344,7 @@ def test_batched_prompts_equal_prompts_one_by_one(pipe):
     four = pipe(PROMPTS, num_images_per_prompt=2, seed=9, batch_size=4, return_codes=True)
     assert torch.equal(one.codes, four.codes)
     # a prompt's images do not depend on the prompt beside it
-    other = pipe([PROMPTS[0], "a red square"], num_images_per_prompt=2, seed=[5, 6], return_codes=True)  # fmt: skip
+    other = pipe([PROMPTS[0], "a red square"], num_images_per_prompt=2, seed=[5, 6], return_codes=True)
     assert torch.equal(other.codes[:2], batched.codes[:2])
     assert not torch.equal(other.codes[2:], batched.codes[2:4])
 
@@ -343,8 +354,15 @@ def test_completion_keeps_the_given_rows(pipe):
     source = source.resize((64, 48))  # any size: it is resized and centre-cropped to 32x32
     codes = pipe.encode_image([source])  # (1, 8, 8)
     events = []
-    out = pipe.complete(source, PROMPTS[0], keep_rows=3, num_images_per_prompt=3, seed=1, return_codes=True,
-                        on_row=events.append)  # fmt: skip
+    out = pipe.complete(
+        source,
+        PROMPTS[0],
+        keep_rows=3,
+        num_images_per_prompt=3,
+        seed=1,
+        return_codes=True,
+        on_row=events.append,
+    )
     assert torch.equal(out.codes[:, :3], codes[:, :3].expand(3, 3, 8))
     assert not torch.equal(out.codes[0, 3:], out.codes[1, 3:])
     assert [e.row for e in events] == list(range(3, 8))
@@ -381,7 +399,7 @@ def test_stream_yields_rows_then_the_output(pipe):
         break  # leaving early cancels the generation
     assert early.output is None
     with pytest.raises(ValueError, match="temperature"):
-        pipe.stream(PROMPTS[0], temperature=0)  # checked on the call, before any iteration
+        pipe.stream(PROMPTS[0], temperature=-1)  # checked on the call, before any iteration
     with pytest.raises(TypeError):
         pipe.stream(PROMPTS[0], temprature=1.0)
 
@@ -432,9 +450,9 @@ def test_rerank_keeps_the_best_candidates_by_clip(pipe, tmp_path):
         ("", {}, r"prompt 0 is empty or whitespace"),
         (["a red circle", " \t\n"], {}, r"prompt 1 is empty or whitespace"),
         ([], {}, r"prompts is empty"),
-        (PROMPTS[0], {"temperature": 0}, r"temperature must be a number > 0, got 0"),
-        (PROMPTS[0], {"temperature": -1.0}, r"temperature must be a number > 0"),
-        (PROMPTS[0], {"temperature": float("nan")}, r"temperature must be a number > 0"),
+        (PROMPTS[0], {"temperature": "hot"}, r"temperature must be a number >= 0 \(0 = greedy.*got 'hot'"),
+        (PROMPTS[0], {"temperature": -1.0}, r"temperature must be a number >= 0"),
+        (PROMPTS[0], {"temperature": float("nan")}, r"temperature must be a number >= 0"),
         (PROMPTS[0], {"top_k": 0}, r"top_k must be an integer >= 1"),
         (PROMPTS[0], {"top_k": 2.5}, r"top_k must be an integer >= 1"),
         (PROMPTS[0], {"top_p": 0.0}, r"top_p must be in \(0, 1\]"),
@@ -450,7 +468,7 @@ def test_rerank_keeps_the_best_candidates_by_clip(pipe, tmp_path):
             PROMPTS[0],
             {"image": Image.new("RGB", (8, 8)), "keep_rows": 9},
             r"keep_rows must be an integer in \[0, 8\]",
-        ),  # fmt: skip
+        ),
         (PROMPTS[0], {"num_candidates": 4}, r"num_candidates needs rerank_with"),
     ],
 )
@@ -472,8 +490,23 @@ def test_over_long_prompt_is_truncated_with_a_warning(pipe):
 
 
 def test_generate_command_writes_images_grid_and_record(model_dir, tmp_path):
-    command = [sys.executable, "-m", "pipeline.generate", "--model", str(model_dir), "--prompt", PROMPTS[0],
-               "--prompt", PROMPTS[1], "-n", "3", "--out", str(tmp_path / "grid.png"), "--seed", "5"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.generate",
+        "--model",
+        str(model_dir),
+        "--prompt",
+        PROMPTS[0],
+        "--prompt",
+        PROMPTS[1],
+        "-n",
+        "3",
+        "--out",
+        str(tmp_path / "grid.png"),
+        "--seed",
+        "5",
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -492,8 +525,8 @@ def test_generate_command_writes_images_grid_and_record(model_dir, tmp_path):
 
 
 def test_generate_command_errors_and_prompts_file(model_dir, tmp_path, capsys):
-    assert generate_main(["--model", str(model_dir), "--prompt", "x", "--temperature", "0"]) == 2
-    assert "temperature must be a number > 0" in capsys.readouterr().err
+    assert generate_main(["--model", str(model_dir), "--prompt", "x", "--temperature", "-1"]) == 2
+    assert "temperature must be a number >= 0" in capsys.readouterr().err
     assert generate_main(["--model", str(tmp_path / "missing"), "--prompt", "x"]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert generate_main(["--model", str(model_dir)]) == 2
@@ -501,7 +534,12 @@ def test_generate_command_errors_and_prompts_file(model_dir, tmp_path, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text(f"{PROMPTS[0]}\n\n{PROMPTS[2]}\n")
     out = tmp_path / "sub" / "g.png"
-    assert generate_main(["--model", str(model_dir), "--prompts-file", str(prompts), "-n", "1", "--out", str(out)]) == 0  # fmt: skip
+    assert (
+        generate_main(
+            ["--model", str(model_dir), "--prompts-file", str(prompts), "-n", "1", "--out", str(out)]
+        )
+        == 0
+    )
     assert out.is_file() and len(list((tmp_path / "sub" / "g_images").glob("*.png"))) == 2
 
 
@@ -512,7 +550,21 @@ def test_sampling_speed_benchmark_runs_and_writes_json(model_dir, tmp_path, caps
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "speed.json"
-    report = bench.main(["--model", str(model_dir), "--batch-sizes", "1", "2", "--repeats", "1", "--device", "cpu", "--out", str(out)])  # fmt: skip
+    report = bench.main(
+        [
+            "--model",
+            str(model_dir),
+            "--batch-sizes",
+            "1",
+            "2",
+            "--repeats",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ]
+    )
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
     rows = report["results"]
     assert [(r["batch_size"], r["guidance"], r["method"]) for r in rows] == [

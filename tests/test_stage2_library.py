@@ -298,8 +298,14 @@ def test_guidance_batches_cond_and_uncond_in_one_pass(model):
 @pytest.mark.parametrize("kwargs", [{"temperature": 0.0}, {}, {"guidance_scale": 2.5, "top_k": 6}])
 def test_kv_cache_matches_full_recompute(model, kwargs, cache_implementation):
     text = _captions(3)
-    cached = sample_image_codes(model, LAYOUT, text, generator=torch.Generator().manual_seed(7),
-                                cache_implementation=cache_implementation, **kwargs)  # fmt: skip
+    cached = sample_image_codes(
+        model,
+        LAYOUT,
+        text,
+        generator=torch.Generator().manual_seed(7),
+        cache_implementation=cache_implementation,
+        **kwargs,
+    )
     full = sample_image_codes(
         model, LAYOUT, text, generator=torch.Generator().manual_seed(7), use_cache=False, **kwargs
     )

@@ -33,9 +33,13 @@ CAPTIONS = [f"a {c} {s} {p}" for c in _COLORS for s in _SHAPES for p in _PLACES[
 def tiny_vqvae(seed: int = 0, codebook_size: int = CODEBOOK, resolution: int = RESOLUTION) -> VQVAE:
     torch.manual_seed(seed)
     cfg = VQVAEConfig(
-        resolution=resolution, base_channels=8, channel_multipliers=[1, 2, 2], num_res_blocks=1,
-        codebook_size=codebook_size, codebook_dim=8,
-    )  # fmt: skip
+        resolution=resolution,
+        base_channels=8,
+        channel_multipliers=[1, 2, 2],
+        num_res_blocks=1,
+        codebook_size=codebook_size,
+        codebook_dim=8,
+    )
     vqvae = VQVAE(cfg)
     # A spread-out codebook makes different codes decode to visibly different pictures.
     torch.nn.init.normal_(vqvae.quantizer.codebook.weight)
@@ -50,9 +54,13 @@ def build_tiny_runs(root: str | Path, seed: int = 0) -> tuple[Path, Path]:
     vqvae.save_pretrained(stage1 / "vqvae")
     tokenizer = train_caption_tokenizer(CAPTIONS, vocab_size=300, out_dir=stage2 / "tokenizer")
     layout = SequenceLayout(
-        text_len=TEXT_LEN, text_vocab_size=len(tokenizer), codebook_size=CODEBOOK,
-        grid_h=vqvae.config.grid_size, grid_w=vqvae.config.grid_size, pad_id=tokenizer.pad_token_id,
-    )  # fmt: skip
+        text_len=TEXT_LEN,
+        text_vocab_size=len(tokenizer),
+        codebook_size=CODEBOOK,
+        grid_h=vqvae.config.grid_size,
+        grid_w=vqvae.config.grid_size,
+        pad_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(seed)
     # A wide init makes the random model's predictions peaked and dependent on the caption.
     cfg = TransformerConfig(hidden_size=32, num_layers=2, num_heads=2, initializer_range=0.3)
@@ -82,14 +90,24 @@ def build_tiny_clip(out_dir: str | Path, seed: int = 0, image_size: int = RESOLU
         vocab[special] = len(vocab)
     tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
     text = dict(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=2, max_position_embeddings=64, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
-    vision = dict(
-        image_size=image_size, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
         num_attention_heads=2,
-    )  # fmt: skip
+        max_position_embeddings=64,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    vision = dict(
+        image_size=image_size,
+        patch_size=8,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+    )
     torch.manual_seed(seed)
     model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
     model.save_pretrained(out_dir)

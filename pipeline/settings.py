@@ -1,0 +1,87 @@
+"""The keywords of a pipeline call, written once, and the checks of those that are the pipeline's own.
+
+The sampling settings (temperature, top-k, top-p, guidance) are checked by the sampler,
+``stage2_transformer.sampling.check_sampling_args``; the seed by ``pipeline.seeds.check_seed``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from PIL import Image
+
+from minidalle.arguments import check_int
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """``pipe(prompts, **settings)``. Sampling settings left at None take ``pipeline_config.json``'s."""
+
+    num_images_per_prompt: int = 1
+    temperature: float | None = None  # 0: greedy
+    top_k: int | None = None  # >= codebook size: no top-k cut
+    top_p: float | None = None  # 1: no nucleus cut
+    guidance_scale: float | None = None  # 1: no classifier-free guidance
+    seed: int | Sequence[int] | None = None  # one, one per prompt, or None: drawn and returned
+    batch_size: int | None = None  # images per forward pass
+    return_codes: bool = False  # PipelineOutput.codes: the (N, h, w) image codes
+    # Image completion: keep the first keep_rows rows of the image's codes (one image for all
+    # prompts, or one per prompt) and sample the rest.
+    image: Image.Image | Sequence[Image.Image] | None = None
+    keep_rows: int | None = None
+    # Re-ranking: sample num_candidates per prompt (default twice the images asked) and keep the
+    # num_images_per_prompt that rerank_with (a ClipReranker) finds closest to the prompt.
+    rerank_with: object | None = None
+    num_candidates: int | None = None
+
+
+def check_prompts(prompts) -> list[str]:
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not isinstance(prompts, (list, tuple)):
+        raise ValueError(f"prompts must be a string or a list of strings, got {type(prompts).__name__}.")
+    if not prompts:
+        raise ValueError("prompts is empty: give at least one prompt.")
+    for i, prompt in enumerate(prompts):
+        if not isinstance(prompt, str):
+            raise ValueError(f"prompt {i} must be a string, got {type(prompt).__name__}.")
+        if not prompt.strip():
+            raise ValueError(f"prompt {i} is empty or whitespace: describe the image to generate.")
+    return list(prompts)
+
+
+def check_completion(image, keep_rows, num_prompts: int, grid_h: int) -> tuple[list[Image.Image] | None, int]:
+    """(the images to complete, one per prompt, or None; the rows of codes to keep from them)."""
+    if image is None:
+        if keep_rows is not None:
+            raise ValueError("keep_rows needs an image to complete (image=...).")
+        return None, 0
+    if keep_rows is None:
+        raise ValueError(f"image completion needs keep_rows, the rows to keep, in [0, {grid_h}].")
+    keep_rows = check_int("keep_rows", keep_rows, 0, grid_h)
+    images = [image] if isinstance(image, Image.Image) else list(image)
+    if not all(isinstance(im, Image.Image) for im in images):
+        raise ValueError("image must be a PIL image or a list of PIL images (one per prompt).")
+    if len(images) == 1:
+        images = images * num_prompts
+    if len(images) != num_prompts:
+        raise ValueError(f"image must be one image or one per prompt ({num_prompts}); got {len(images)}.")
+    return images, keep_rows
+
+
+def check_candidates(rerank_with, num_candidates, num_images_per_prompt: int) -> int:
+    """The images to sample per prompt: ``num_images_per_prompt``, or more to re-rank."""
+    if rerank_with is None:
+        if num_candidates is not None:
+            raise ValueError(
+                "num_candidates needs rerank_with (a ClipReranker) to choose among the candidates."
+            )
+        return num_images_per_prompt
+    if not callable(getattr(rerank_with, "score", None)):
+        raise ValueError(
+            f"rerank_with must be a ClipReranker (an object with a score(images, prompts) method), "
+            f"got {type(rerank_with).__name__}."
+        )
+    wanted = 2 * num_images_per_prompt if num_candidates is None else num_candidates
+    return check_int("num_candidates", wanted, num_images_per_prompt, None)
