@@ -26,6 +26,7 @@ from pathlib import Path  # noqa: E402
 import gradio as gr  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
+from minidalle.arguments import check_int  # noqa: E402
 from minidalle.images import upscale  # noqa: E402
 from pipeline import PIPELINE_CONFIG_FILE, MiniDallePipeline, PromptTruncatedWarning  # noqa: E402
 from pipeline.seeds import RANDOM_SEEDS_BELOW, draw_seed  # noqa: E402
@@ -213,12 +214,10 @@ def _check_request(prompt, num_images, seed, randomize, max_images: int, max_pro
             f"The prompt has {len(prompt)} characters; the limit is {max_prompt_chars}.",
             print_exception=False,
         )
-    num_images = _as_int(num_images)
-    if isinstance(num_images, bool) or not isinstance(num_images, int) or not 1 <= num_images <= max_images:
-        raise gr.Error(
-            f"Number of images must be an integer in [1, {max_images}], got {num_images!r}.",
-            print_exception=False,
-        )
+    try:
+        num_images = check_int("Number of images", num_images, 1, max_images)
+    except ValueError as err:
+        raise gr.Error(str(err), print_exception=False) from None
     # Drawn here rather than by the pipeline, so the page can show it while sampling; a typed seed is
     # checked by the pipeline.
     seed = draw_seed() if randomize or seed is None else _as_int(seed)

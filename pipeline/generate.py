@@ -24,6 +24,7 @@ from minidalle.images import captioned_grid
 
 from .pipeline import MiniDallePipeline
 
+SAMPLING = ("temperature", "top_k", "top_p", "guidance_scale")  # flags left out: the pipeline's defaults
 MAX_PROMPT_CHARS = 2000  # longer lines are almost surely a wrong file; the model reads a few dozen tokens
 
 
@@ -104,18 +105,8 @@ def _generate(args: argparse.Namespace) -> int:
 
     with warnings.catch_warnings():
         warnings.simplefilter("always")  # an over-long prompt warns each time
-        output = pipe(
-            prompts,
-            num_images_per_prompt=args.num_images,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            guidance_scale=args.guidance_scale,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            on_row=on_row,
-            **extra,
-        )
+        settings = {name: getattr(args, name) for name in (*SAMPLING, "seed", "batch_size")}
+        output = pipe(prompts, num_images_per_prompt=args.num_images, on_row=on_row, **settings, **extra)
     bar.n = 1.0
     bar.close()
 
@@ -138,8 +129,8 @@ def _generate(args: argparse.Namespace) -> int:
         "prompts": prompts,
         "seed": output.seed,
         "num_images_per_prompt": args.num_images,
-        "settings": {k: getattr(args, k) for k in ("temperature", "top_k", "top_p", "guidance_scale")},
-        "defaults": {k: getattr(pipe.config, k) for k in ("temperature", "top_k", "top_p", "guidance_scale")},
+        "settings": {name: getattr(args, name) for name in SAMPLING},
+        "defaults": {name: getattr(pipe.config, name) for name in SAMPLING},
         "images": paths,
         "scores": output.scores,
     }

@@ -2,7 +2,7 @@
 
 Byte-level BPE starts from the 256 byte values, so every caption (emoji, CJK, right-to-left scripts,
 control characters) encodes without unknown tokens. Captions are right-padded with ``<pad>`` to the
-fixed text length of the sequence layout; longer captions are truncated with a warning.
+fixed text length of the sequence layout; longer captions are truncated with a ``CaptionTruncatedWarning``.
 
 Use ``len(tokenizer)`` (not the requested vocabulary size: BPE may learn fewer merges on a small
 corpus) as ``SequenceLayout.text_vocab_size``.
@@ -19,6 +19,8 @@ from typing import NamedTuple
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
+
+from minidalle.arguments import check_int
 
 PAD_TOKEN = "<pad>"
 UNK_TOKEN = "<unk>"
@@ -59,11 +61,8 @@ def train_caption_tokenizer(
 
     The saved folder loads with ``load_caption_tokenizer(out_dir)`` or ``AutoTokenizer.from_pretrained(out_dir)``.
     """
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < _MIN_VOCAB:
-        raise ValueError(
-            f"vocab_size must be an integer >= {_MIN_VOCAB} (256 byte tokens + {len(SPECIAL_TOKENS)} special "
-            f"tokens), got {vocab_size!r}."
-        )
+    special = f"256 byte tokens + {len(SPECIAL_TOKENS)} special tokens"
+    vocab_size = check_int("vocab_size", vocab_size, _MIN_VOCAB, None, special)
     backend = Tokenizer(models.BPE(unk_token=UNK_TOKEN))
     backend.normalizer = normalizers.NFC()
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from minidalle.hub import model_fingerprint
-from pipeline import IncompatiblePartsError, MiniDallePipeline
+from pipeline import IncompatiblePartsError, MiniDallePipeline, PromptTruncatedWarning
 from pipeline.assemble import assemble_pipeline
 from pipeline.assemble import main as assemble_main
 from pipeline.generate import main as generate_main
@@ -479,8 +479,13 @@ def test_invalid_arguments_name_the_argument_and_range(pipe, prompts, kwargs, ma
 
 def test_over_long_prompt_is_truncated_with_a_warning(pipe):
     long = "a red circle on white " * 10
-    with pytest.warns(UserWarning, match=r"Prompt too long for this model \(it reads 8 tokens\)"):
+    with pytest.warns(
+        PromptTruncatedWarning, match=r"Prompt too long for this model \(it reads 8 tokens\)"
+    ) as caught:
         out = pipe(long, seed=0, return_codes=True)
+    (warning,) = caught
+    n_tokens = len(pipe.tokenizer(long)["input_ids"])
+    assert warning.message.text_len == 8 and warning.message.cuts[0][2:] == (n_tokens - 8, n_tokens)
     truncated = pipe.tokenizer.decode(pipe.tokenizer(long)["input_ids"][:8])
     assert torch.equal(out.codes, pipe(truncated, seed=0, return_codes=True).codes)
 

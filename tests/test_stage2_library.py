@@ -25,6 +25,7 @@ from stage2_transformer import (
     train_caption_tokenizer,
     weighted_lm_loss,
 )
+from stage2_transformer.tokenizer import CaptionTruncatedWarning
 
 LAYOUT = SequenceLayout(text_len=8, text_vocab_size=20, codebook_size=16, grid_h=4, grid_w=4, pad_id=0)
 T, N, K = LAYOUT.text_len, LAYOUT.num_image_tokens, LAYOUT.codebook_size
@@ -138,8 +139,12 @@ def test_truncation_warns_with_count(tmp_path):
     long_caption = "a red cat sitting on a blue mat near two dogs playing in the snow"
     n_tokens = len(tok(long_caption, add_special_tokens=False)["input_ids"])
     assert n_tokens > 6
-    with pytest.warns(UserWarning, match=rf"caption 1 .*cut {n_tokens - 6} of {n_tokens} tokens"):
+    with pytest.warns(
+        CaptionTruncatedWarning, match=rf"caption 1 .*cut {n_tokens - 6} of {n_tokens} tokens"
+    ) as caught:
         ids = encode_captions(tok, ["a cat", long_caption], text_len=6)
+    (cut,) = caught[0].message.cuts  # the same facts as fields
+    assert (cut.index, cut.tokens_cut, cut.tokens) == (1, n_tokens - 6, n_tokens)
     assert torch.equal(ids[1], torch.tensor(tok(long_caption, add_special_tokens=False)["input_ids"][:6]))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
