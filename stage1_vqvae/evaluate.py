@@ -5,7 +5,8 @@
 Reads the data section of the (training) config, so the held-out split is the one the model never
 trained on. Prints a table and writes JSON (``--output_json``, default ``<model>/eval_metrics.json``).
 On the built-in shapes data it also reports how often the attribute checker reads colour, shape,
-position and size from the reconstructions as the captions state them.
+position and size from the reconstructions as the captions state them (``all_four_pct``,
+``attributes_pct``, ``<attribute>_pct``: percentages of the images).
 """
 
 from __future__ import annotations
@@ -42,8 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(Stage1EvalConfig, argv, description=__doc__, ignore_file_keys=TRAINING_ONLY_KEYS)
     device = PartialState().device
     model = VQVAE.from_pretrained(cfg.model, device=device)
-    if model.config.resolution != cfg.data.resolution:
-        cfg.data.resolution = model.config.resolution
+    cfg.data.resolution = model.config.resolution  # images are read at the model's resolution
     _, eval_hf = data_lib.load_train_eval(cfg.data, max_eval=cfg.max_images)
     dataset = data_lib.ImageCaptionDataset(eval_hf, cfg.data.resolution)
     loader = torch.utils.data.DataLoader(

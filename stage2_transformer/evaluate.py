@@ -5,7 +5,9 @@
 Reports the validation loss on image tokens and bits per image, conditioned on the caption and with
 the empty caption, against the uniform prior's h*w*log2(K) bits. On the built-in shapes data it also
 samples one image per held-out caption, with and without classifier-free guidance, and reports how
-often the checker reads all four attributes as the caption states. Prints a table and writes JSON.
+often the checker reads all four attributes as the caption states (``samples_all_four_pct_cfg<scale>``,
+a percentage) and the share of single attributes read right (``samples_attributes_pct_cfg<scale>``).
+Prints a table and writes JSON.
 """
 
 from __future__ import annotations
