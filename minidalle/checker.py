@@ -194,6 +194,7 @@ def read_attributes(image: Image.Image | np.ndarray) -> ShapeAttributes | None:
 
 
 Target = ShapeAttributes | Mapping[str, str] | str  # attributes, a dict of them, or a caption
+Hits = tuple[bool, bool, bool, bool] | None  # colour, shape, position, size read right; None: no shape found
 
 
 def _as_attributes(target: Target) -> ShapeAttributes:
@@ -208,25 +209,19 @@ def _as_attributes(target: Target) -> ShapeAttributes:
     return expected
 
 
-def attributes_right(
-    images: Iterable[Image.Image | np.ndarray], targets: Iterable[Target]
-) -> list[tuple[bool, bool, bool, bool] | None]:
-    """Per image, whether the checker reads colour, shape, position and size as its target states them.
-
-    None for an image in which no shape is found.
-    """
-    rows = []
+def attributes_right(images: Iterable[Image.Image | np.ndarray], targets: Iterable[Target]) -> list[Hits]:
+    """Per image, whether the checker reads colour, shape, position and size as its target states them."""
+    rows: list[Hits] = []
     for image, target in zip(images, targets, strict=True):
         expected, found = _as_attributes(target), read_attributes(image)
-        rows.append(
-            None
-            if found is None
-            else tuple(getattr(found, n) == getattr(expected, n) for n in ATTRIBUTE_NAMES)
-        )
+        if found is None:
+            rows.append(None)
+        else:
+            rows.append(tuple(getattr(found, n) == getattr(expected, n) for n in ATTRIBUTE_NAMES))
     return rows
 
 
-def checker_scores(rows: list[tuple[bool, bool, bool, bool] | None]) -> dict[str, float]:
+def checker_scores(rows: list[Hits]) -> dict[str, float]:
     """Percentages of the images of ``attributes_right`` rows, and their number ("images").
 
     "<attribute>_pct": that attribute read right; "all_four_pct": all four; "attributes_pct": the
