@@ -46,14 +46,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         is_null = value is None or (isinstance(value, str) and value.lower() in ("none", "null"))
         if is_null and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, key)
-            except ConfigError as err:
-                errors.append(str(err))
+            except ConfigError:
+                pass
         raise ConfigError(f"Config key {key!r}: cannot use {value!r} as {tp}.")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
@@ -130,10 +129,6 @@ def build_dataclass(cls: type[T], values: dict[str, Any], where: str = "config")
     return obj
 
 
-def to_dict(obj: Any) -> dict[str, Any]:
-    return dataclasses.asdict(obj)
-
-
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     node = tree
@@ -184,16 +179,25 @@ def load_json_object(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def parse_config(cls: type[T], argv: list[str] | None = None, description: str | None = None) -> T:
+def parse_config(
+    cls: type[T],
+    argv: list[str] | None = None,
+    description: str | None = None,
+    ignore_file_keys: tuple[str, ...] = (),
+) -> T:
     """Parse ``--config FILE`` and ``--dotted.key value`` overrides into an instance of ``cls``.
 
     Overrides take the forms ``--train.lr 1e-4`` and ``--train.lr=1e-4``; ``--resume_from_checkpoint``
     is accepted as a shorthand for ``--train.resume_from_checkpoint`` when the config has it.
+    ``ignore_file_keys``: top-level keys of the file that this command does not read (an evaluate
+    command given the training config); on the command line they stay unknown keys.
     """
     parser = argparse.ArgumentParser(description=description, allow_abbrev=False)
     parser.add_argument("--config", type=str, default=None, help="YAML config file (see configs/)")
     known, rest = parser.parse_known_args(argv)
     tree: dict[str, Any] = load_yaml(known.config) if known.config else {}
+    for key in ignore_file_keys:
+        tree.pop(key, None)
     i = 0
     while i < len(rest):
         token = rest[i]
@@ -216,8 +220,3 @@ def parse_config(cls: type[T], argv: list[str] | None = None, description: str |
         _check_dotted_key(cls, key)
         _set_dotted(tree, key, yaml.safe_load(raw) if raw.strip() != "" else raw)
     return build_dataclass(cls, tree)
-
-
-def save_json(obj: Any, path: str | Path) -> None:
-    data = dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
-    Path(path).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

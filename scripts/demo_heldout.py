@@ -1,4 +1,4 @@
-"""Sample held-out captions with a trained pipeline, write a captioned grid, print the checker's score.
+"""Sample held-out captions with a trained pipeline, write captioned grids, print the checker's scores (% of images).
 
     python scripts/demo_heldout.py --model outputs/pipeline_tiny --out outputs/heldout
 
@@ -13,8 +13,9 @@ import json
 import time
 from pathlib import Path
 
+from minidalle.checker import score_images
 from minidalle.images import captioned_grid
-from minidalle.shapes import generate_examples, score_images
+from minidalle.shapes import generate_examples
 from pipeline import MiniDallePipeline
 
 
@@ -47,13 +48,13 @@ def main(argv: list[str] | None = None) -> dict:
         grid = captioned_grid(output.images[:32], captions[:32], columns=8)
         grid.save(out / f"heldout_guidance_{scale:g}.png")
         print(
-            f"guidance {scale:g}: all four attributes right in {100 * scores['all_four']:.1f}% of "
-            f"{len(captions)} held-out captions (colour {100 * scores['color']:.1f}%, shape "
-            f"{100 * scores['shape']:.1f}%, position {100 * scores['position']:.1f}%, size "
-            f"{100 * scores['size']:.1f}%), {len(captions) / elapsed:.1f} images/s"
+            f"guidance {scale:g}: all four attributes right in {scores['all_four_pct']:.1f}% of "
+            f"{len(captions)} held-out captions (colour {scores['color_pct']:.1f}%, shape "
+            f"{scores['shape_pct']:.1f}%, position {scores['position_pct']:.1f}%, size "
+            f"{scores['size_pct']:.1f}%), {len(captions) / elapsed:.1f} images/s"
         )
     (out / "heldout_scores.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out / 'heldout_guidance_3.png'} and {out / 'heldout_scores.json'}")
+    print(f"wrote the grids {out}/heldout_guidance_*.png and the scores {out / 'heldout_scores.json'}")
     return results
 
 

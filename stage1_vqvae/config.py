@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 
@@ -43,7 +42,3 @@ class VQVAEConfig:
     @property
     def grid_size(self) -> int:
         return self.resolution // self.downsample_factor
-
-    @property
-    def bits_per_code(self) -> float:
-        return math.log2(self.codebook_size)

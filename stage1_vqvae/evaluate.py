@@ -5,12 +5,12 @@
 Reads the data section of the (training) config, so the held-out split is the one the model never
 trained on. Prints a table and writes JSON (``--output_json``, default ``<model>/eval_metrics.json``).
 On the built-in shapes data it also reports how often the attribute checker reads colour, shape,
-position and size from the reconstructions as the captions state them.
+position and size from the reconstructions as the captions state them (``all_four_pct``,
+``attributes_pct``, ``<attribute>_pct``: percentages of the images).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,9 +18,9 @@ import torch
 from accelerate import PartialState
 
 from minidalle import data as data_lib
+from minidalle.checker import attributes_right
 from minidalle.config import parse_config
-from minidalle.report import print_table
-from minidalle.shapes import attributes_right
+from minidalle.report import report_metrics
 from stage1_vqvae.evaluation import evaluate_reconstruction
 from stage1_vqvae.model import VQVAE
 
@@ -32,20 +32,18 @@ class Stage1EvalConfig:
     max_images: int = 512
     batch_size: int = 64
     output_json: str | None = None
-    # Sections of a training config that evaluation does not use are accepted and ignored, so the
-    # same YAML file serves both commands.
-    train: dict = field(default_factory=dict)
-    codebook: dict = field(default_factory=dict)
-    num_eval_images: int = 512
-    num_grid_images: int = 8
+
+
+# Keys of a training config (configs/stage1_*.yaml) that evaluation does not read: the same file
+# serves both commands.
+TRAINING_ONLY_KEYS = ("train", "codebook", "num_eval_images", "num_grid_images")
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = parse_config(Stage1EvalConfig, argv, description=__doc__)
+    cfg = parse_config(Stage1EvalConfig, argv, description=__doc__, ignore_file_keys=TRAINING_ONLY_KEYS)
     device = PartialState().device
     model = VQVAE.from_pretrained(cfg.model, device=device)
-    if model.config.resolution != cfg.data.resolution:
-        cfg.data.resolution = model.config.resolution
+    cfg.data.resolution = model.config.resolution  # images are read at the model's resolution
     _, eval_hf = data_lib.load_train_eval(cfg.data, max_eval=cfg.max_images)
     dataset = data_lib.ImageCaptionDataset(eval_hf, cfg.data.resolution)
     loader = torch.utils.data.DataLoader(
@@ -54,10 +52,10 @@ def main(argv: list[str] | None = None) -> dict:
     checker = attributes_right if cfg.data.source == "builtin" else None
     metrics = evaluate_reconstruction(model, loader, device, max_images=cfg.max_images, checker=checker)
     metrics = {"split": cfg.data.eval_split, "codebook_size": model.config.codebook_size, **metrics}
-    print_table(metrics, f"VQ-VAE {cfg.model} on {cfg.data.source} data, split {cfg.data.eval_split!r}")
     out = Path(cfg.output_json) if cfg.output_json else Path(cfg.model) / "eval_metrics.json"
-    out.write_text(json.dumps(metrics, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    report_metrics(
+        metrics, f"VQ-VAE {cfg.model} on {cfg.data.source} data, split {cfg.data.eval_split!r}", out
+    )
     return metrics
 
 

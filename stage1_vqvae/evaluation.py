@@ -7,6 +7,7 @@ import time
 
 import torch
 
+from minidalle.checker import checker_scores
 from minidalle.pixels import tensor_to_pil
 from stage1_vqvae.model import VQVAE, psnr
 
@@ -17,14 +18,14 @@ def evaluate_reconstruction(
 ) -> dict:
     """Returns mean PSNR (dB), codebook usage (% of codes used on these images), perplexity, images/s.
 
-    ``checker``: optional callable(PIL reconstructions, captions) -> per image, how many of the four
-    attributes (colour, shape, position, size) read from the pixels agree with the caption; used on the
-    built-in shapes data.
+    ``checker``: ``minidalle.checker.attributes_right`` on the built-in shapes data, or None; with it,
+    the metrics also hold how often the attributes read from the reconstructions agree with the
+    captions (``minidalle.checker.checker_scores``: "all_four_pct", "attributes_pct", ...).
     """
     model.eval()
     K = model.config.codebook_size
     counts = torch.zeros(K, dtype=torch.float64)
-    psnr_sum, seen, readings_right, all_right = 0.0, 0, 0, 0
+    psnr_sum, seen, checked = 0.0, 0, []
     elapsed = 0.0
     for batch in dataloader:
         pixels = batch["pixels"].to(device)  # (B, 3, H, W)
@@ -45,9 +46,7 @@ def evaluate_reconstruction(
         counts += torch.bincount(codes.flatten().cpu(), minlength=K).double()
         psnr_sum += psnr(reconstruction, pixels).sum().item()
         if checker is not None:
-            right = checker(tensor_to_pil(reconstruction), batch["text"][: pixels.shape[0]])
-            readings_right += sum(right)
-            all_right += sum(r == 4 for r in right)
+            checked += checker(tensor_to_pil(reconstruction), batch["text"][: pixels.shape[0]])
         seen += pixels.shape[0]
     if seen == 0:
         raise ValueError("No evaluation image could be read.")
@@ -61,6 +60,5 @@ def evaluate_reconstruction(
         "images_per_s": seen / max(elapsed, 1e-9),
     }
     if checker is not None:
-        metrics["checker_readings_pct"] = 100.0 * readings_right / (4 * seen)
-        metrics["checker_all_four_pct"] = 100.0 * all_right / seen
+        metrics.update(checker_scores(checked))
     return metrics

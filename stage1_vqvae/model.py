@@ -131,10 +131,7 @@ class VQVAE(PretrainedMixin, nn.Module):
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels (B, 3, H, W) in [-1, 1] -> codes (B, h, w), integer ids in raster order."""
-        z_e = self.encoder(pixels)  # (B, D, h, w)
-        B, D, h, w = z_e.shape
-        z = self.quantizer._normalize(z_e.permute(0, 2, 3, 1).reshape(-1, D).float())  # (N, D)
-        return self.quantizer.nearest_codes(z).view(B, h, w)
+        return self.quantizer.codes(self.encoder(pixels))  # (B, h, w)
 
     @torch.no_grad()
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:

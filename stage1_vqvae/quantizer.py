@@ -52,7 +52,7 @@ class VectorQuantizer(nn.Module):
     def embeddings(self) -> torch.Tensor:
         return self._normalize(self.codebook.weight)  # (K, D)
 
-    def nearest_codes(self, flat: torch.Tensor) -> torch.Tensor:
+    def _nearest_codes(self, flat: torch.Tensor) -> torch.Tensor:
         """flat (N, D), already normalised if l2 -> (N,) ids of the nearest code by Euclidean distance."""
         codebook = self.embeddings().to(flat.dtype)  # (K, D)
         # ||z - e||^2 = ||z||^2 - 2 z.e + ||e||^2; ||z||^2 does not change the argmin.
@@ -64,7 +64,7 @@ class VectorQuantizer(nn.Module):
         z = self._normalize(z_e.permute(0, 2, 3, 1).float())  # (B, h, w, D)
         flat = z.reshape(-1, D)  # (N, D)
         with torch.no_grad():
-            codes = self.nearest_codes(flat)  # (N,)
+            codes = self._nearest_codes(flat)  # (N,)
         e = self.embeddings()[codes].view(B, h, w, D)  # (B, h, w, D)
         codebook_loss = F.mse_loss(e, z.detach())  # moves only the codebook
         commitment_loss = F.mse_loss(z, e.detach())  # moves only the encoder
@@ -85,6 +85,13 @@ class VectorQuantizer(nn.Module):
             commitment_loss=commitment_loss,
             perplexity=perplexity,
         )
+
+    @torch.no_grad()
+    def codes(self, z_e: torch.Tensor) -> torch.Tensor:
+        """z_e (B, D, h, w) -> (B, h, w) ids of the nearest codes (no losses, no usage update)."""
+        B, D, h, w = z_e.shape
+        z = self._normalize(z_e.permute(0, 2, 3, 1).reshape(-1, D).float())  # (N, D)
+        return self._nearest_codes(z).view(B, h, w)
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """codes (B, h, w) -> quantized vectors (B, D, h, w)."""

@@ -5,26 +5,28 @@
 Reports the validation loss on image tokens and bits per image, conditioned on the caption and with
 the empty caption, against the uniform prior's h*w*log2(K) bits. On the built-in shapes data it also
 samples one image per held-out caption, with and without classifier-free guidance, and reports how
-often the checker reads all four attributes as the caption states. Prints a table and writes JSON.
+often the checker reads all four attributes as the caption states (``samples_all_four_pct_cfg<scale>``,
+a percentage) and the share of single attributes read right (``samples_attributes_pct_cfg<scale>``).
+Prints a table and writes JSON.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from accelerate import Accelerator
 
 from minidalle import data as data_lib
+from minidalle.checker import score_images
 from minidalle.config import parse_config
 from minidalle.hub import model_fingerprint
-from minidalle.report import print_table
+from minidalle.report import report_metrics
 from stage1_vqvae.model import VQVAE
-from stage2_transformer.evaluation import evaluate_prior, sample_images, score_samples
+from stage2_transformer.evaluation import evaluate_prior, sample_images
 from stage2_transformer.model import load_transformer
 from stage2_transformer.precompute import precompute_codes
-from stage2_transformer.run_config import CodesConfig, SamplingConfig, TokenizerConfig
+from stage2_transformer.run_config import CodesConfig, SamplingConfig
 from stage2_transformer.stage1_record import STAGE1_RECORD, describe, read_stage1_record, recorded_stage1_path
 from stage2_transformer.tokenizer import load_caption_tokenizer
 
@@ -41,12 +43,11 @@ class Stage2EvalConfig:
     guidance_scales: list[float] = field(default_factory=lambda: [1.0, 3.0])
     seed: int = 1234
     output_json: str | None = None
-    # Sections of the training config that evaluation does not use are accepted and ignored.
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    model: dict = field(default_factory=dict)
-    loss: dict = field(default_factory=dict)
-    train: dict = field(default_factory=dict)
-    num_eval_examples: int = 512
+
+
+# Keys of a training config (configs/stage2_*.yaml) that evaluation does not read: the same file
+# serves both commands (the tokenizer and the layout come from the run's folder).
+TRAINING_ONLY_KEYS = ("tokenizer", "model", "loss", "train", "num_eval_examples")
 
 
 def stage1_model_of_run(run: Path, vqvae: str | None) -> str:
@@ -75,7 +76,7 @@ def stage1_model_of_run(run: Path, vqvae: str | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = parse_config(Stage2EvalConfig, argv, description=__doc__)
+    cfg = parse_config(Stage2EvalConfig, argv, description=__doc__, ignore_file_keys=TRAINING_ONLY_KEYS)
     accelerator = Accelerator()
     run = Path(cfg.run)
     vqvae_dir = stage1_model_of_run(run, cfg.vqvae)
@@ -86,25 +87,41 @@ def main(argv: list[str] | None = None) -> dict:
     cfg.data.resolution = vqvae.config.resolution
     _, eval_hf = data_lib.load_train_eval(cfg.data, max_eval=cfg.max_examples)
     codes = precompute_codes(
-        eval_hf, vqvae=vqvae, vqvae_dir=vqvae_dir, tokenizer=tokenizer, tokenizer_dir=run / "tokenizer",
-        text_len=layout.text_len, cache_root=cfg.codes.cache_dir, split="validation",
-        batch_size=cfg.codes.batch_size, accelerator=accelerator,
-    )  # fmt: skip
+        eval_hf,
+        vqvae=vqvae,
+        vqvae_dir=vqvae_dir,
+        tokenizer=tokenizer,
+        tokenizer_dir=run / "tokenizer",
+        text_len=layout.text_len,
+        cache_root=cfg.codes.cache_dir,
+        split="validation",
+        batch_size=cfg.codes.batch_size,
+        accelerator=accelerator,
+    )
     metrics: dict = {"run": str(run), **evaluate_prior(model, layout, codes, cfg.max_examples)}
     if cfg.data.source == "builtin":
         captions = list(codes["text"])[: cfg.num_samples]
         for scale in cfg.guidance_scales:
-            images = sample_images(model, layout, vqvae, tokenizer, captions, guidance_scale=scale,
-                                   temperature=cfg.sampling.temperature, top_k=cfg.sampling.top_k,
-                                   top_p=cfg.sampling.top_p, seed=cfg.seed)  # fmt: skip
-            scores = score_samples(images, captions)
-            metrics[f"samples_all_four_pct_cfg{scale:g}"] = scores["all_four_pct"]
-            metrics[f"samples_attributes_pct_cfg{scale:g}"] = scores["attributes_pct"]
+            images = sample_images(
+                model,
+                layout,
+                vqvae,
+                tokenizer,
+                captions,
+                guidance_scale=scale,
+                temperature=cfg.sampling.temperature,
+                top_k=cfg.sampling.top_k,
+                top_p=cfg.sampling.top_p,
+                seed=cfg.seed,
+            )
+            scores = score_images(images, captions)
+            for name in ("all_four_pct", "attributes_pct"):
+                metrics[f"samples_{name}_cfg{scale:g}"] = scores[name]
         metrics["samples_per_setting"] = len(captions)
-    print_table(metrics, f"Stage-2 prior {run} on {cfg.data.source} data, split {cfg.data.eval_split!r}")
     out = Path(cfg.output_json) if cfg.output_json else run / "eval_metrics.json"
-    out.write_text(json.dumps(metrics, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    report_metrics(
+        metrics, f"Stage-2 prior {run} on {cfg.data.source} data, split {cfg.data.eval_split!r}", out
+    )
     return metrics
 
 

@@ -1,4 +1,4 @@
-"""How good is the learned prior? Validation loss, bits per image, and samples read back by the checker.
+"""How good is the learned prior? Validation loss and bits per image; samples for the checker to read.
 
 Bits per image: -log2 p(z | caption) summed over the h*w codes. The uniform prior needs
 h*w*log2(K) bits; a useful prior needs far fewer, and fewer still when it sees the caption.
@@ -11,7 +11,6 @@ import math
 import torch
 
 from minidalle.pixels import tensor_to_pil
-from minidalle.shapes import attributes_right
 from stage2_transformer.layout import SequenceLayout
 from stage2_transformer.sampling import image_token_log_likelihood, sample_image_codes
 from stage2_transformer.tokenizer import encode_captions
@@ -68,18 +67,16 @@ def sample_images(
         chunk = captions[start : start + batch_size]
         text_ids = encode_captions(tokenizer, chunk, layout.text_len, warn=False).to(device)  # (b, T)
         generators = [torch.Generator(device=device).manual_seed(seed + start + i) for i in range(len(chunk))]
-        codes = sample_image_codes(model, layout, text_ids, guidance_scale=guidance_scale, temperature=temperature,
-                                   top_k=top_k, top_p=top_p, generator=generators)  # (b, h, w)  # fmt: skip
+        codes = sample_image_codes(
+            model,
+            layout,
+            text_ids,
+            guidance_scale=guidance_scale,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            generator=generators,
+        )  # (b, h, w)
         pixels = vqvae.decode_codes(codes.to(next(vqvae.parameters()).device))  # (b, 3, H, W)
         images.extend(tensor_to_pil(pixels))
     return images
-
-
-def score_samples(images, captions) -> dict:
-    right = attributes_right(images, captions)
-    n = max(1, len(right))
-    return {
-        "samples": len(right),
-        "all_four_pct": 100.0 * sum(r == 4 for r in right) / n,
-        "attributes_pct": 100.0 * sum(right) / (4 * n),
-    }

@@ -83,7 +83,7 @@ class SequenceLayout:
     # ----------------------------------------------------------------------------------------------
     # sequences
 
-    def build(self, text_ids: torch.Tensor, codes: torch.Tensor, *, validate: bool = True) -> torch.Tensor:
+    def build(self, text_ids: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """(B, T) caption ids + (B, h, w) or (B, h*w) codes -> (B, seq_len) token ids."""
         if text_ids.dim() != 2 or text_ids.shape[1] != self.text_len:
             raise ValueError(f"text_ids must have shape (B, {self.text_len}), got {tuple(text_ids.shape)}.")
@@ -101,9 +101,8 @@ class SequenceLayout:
             )
         if codes.shape[0] != batch:
             raise ValueError(f"text_ids has batch {batch} but codes has batch {codes.shape[0]}.")
-        if validate:
-            self._check_range(text_ids, self.text_vocab_size, "text_ids")
-            self._check_range(codes, self.codebook_size, "codes")
+        self._check_range(text_ids, self.text_vocab_size, "text_ids")
+        self._check_range(codes, self.codebook_size, "codes")
         text_ids = text_ids.long()
         boi = torch.full((batch, 1), self.boi_id, dtype=torch.long, device=text_ids.device)  # (B, 1)
         codes = codes.to(text_ids.device).long() + self.image_offset  # (B, N)

@@ -1,4 +1,4 @@
-"""The built-in shapes dataset: rendering, captions, held-out split, caching, and the pixel checker."""
+"""The built-in shapes dataset: attribute values, rendering, held-out split, captions, caching."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFilter
 
-from minidalle import shapes
-from minidalle.shapes import (
+from minidalle import shape_captions, shapes
+from minidalle.checker import read_attributes
+from minidalle.shape_attributes import (
+    ATTRIBUTE_NAMES,
     BACKGROUND,
     COLORS,
     POSITIONS,
@@ -21,28 +22,15 @@ from minidalle.shapes import (
     SIZES,
     ShapeAttributes,
     all_combinations,
-    build_builtin_dataset,
-    generate_examples,
     heldout_combinations,
-    make_caption,
-    parse_caption,
-    read_attributes,
-    render,
-    score_images,
-    write_imagefolder,
+    train_combinations,
 )
-
-ATTRIBUTE_NAMES = ("color", "shape", "position", "size")
+from minidalle.shape_captions import make_caption, parse_caption
+from minidalle.shapes import build_builtin_dataset, generate_examples, render, write_imagefolder
 
 
 def _attrs(example: dict) -> ShapeAttributes:
     return ShapeAttributes(*(example[name] for name in ATTRIBUTE_NAMES))
-
-
-def _degrade(image: Image.Image, rng: np.random.Generator) -> np.ndarray:
-    """Roughly what a VQ-VAE reconstruction does: a 3x3 box blur and Gaussian noise (sigma 8/255)."""
-    blurred = np.asarray(image.filter(ImageFilter.BoxBlur(1)), dtype=np.float32)
-    return np.clip(blurred + rng.normal(0.0, 8.0, blurred.shape), 0, 255).astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,6 +82,7 @@ def test_heldout_is_a_fixed_tenth_and_every_value_pair_stays_in_training():
     assert heldout == heldout_combinations()
     assert len(set(heldout)) == len(heldout) == round(0.1 * len(all_combinations()))
     train = [c for c in all_combinations() if c not in set(heldout)]
+    assert list(train_combinations()) == train
     for i, j in itertools.combinations(range(4), 2):
         needed = {(a[i], a[j]) for a in map(astuple, all_combinations())}
         seen = {(a[i], a[j]) for a in map(astuple, train)}
@@ -131,18 +120,18 @@ def test_canonical_caption():
 
 def test_every_template_and_word_choice_parses_back():
     count = 0
-    for template in shapes._TEMPLATES:
+    for template in shape_captions._TEMPLATES:
         for k, attrs in enumerate(all_combinations()):
             # Cycle through every synonym of every attribute across the combinations.
             for offset in range(4):
-                caption = shapes._fill_template(
+                caption = shape_captions._fill_template(
                     template, attrs, lambda opts, o=offset + k: opts[o % len(opts)]
                 )
                 assert parse_caption(caption) == attrs, caption
                 assert len(caption.split()) <= 12, caption
                 assert "a orange" not in caption
                 count += 1
-    assert count == 4 * len(shapes._TEMPLATES) * len(all_combinations())
+    assert count == 4 * len(shape_captions._TEMPLATES) * len(all_combinations())
 
 
 def test_random_captions_vary_and_parse_back():
@@ -192,70 +181,6 @@ def test_examples_are_deterministic_in_seed_split_and_index():
         assert np.array_equal(np.asarray(a["image"]), np.asarray(c["image"]))
     assert [e["text"] for e in first] != [e["text"] for e in other]
     assert parse_caption(first[0]["text"]) == _attrs(first[0])
-
-
-# ---------------------------------------------------------------------------------------------
-# Checker
-# ---------------------------------------------------------------------------------------------
-
-
-def test_checker_agrees_with_ground_truth_at_32px():
-    examples = list(generate_examples("train", 1100, seed=1)) + list(
-        generate_examples("validation", 100, seed=1)
-    )
-    scores = score_images([e["image"] for e in examples], [_attrs(e) for e in examples])
-    assert scores["count"] == 1200
-    assert scores["all_four"] >= 0.99, scores
-    for name in ATTRIBUTE_NAMES:
-        assert scores[name] >= 0.99, scores
-
-
-def test_checker_agrees_at_64px_and_reads_arrays():
-    examples = list(generate_examples("train", 150, resolution=64, seed=2))
-    arrays = [np.asarray(e["image"]) for e in examples]  # uint8 (H, W, 3)
-    scores = score_images(arrays, [_attrs(e) for e in examples])
-    assert scores["all_four"] >= 0.99, scores
-    as_float = arrays[0].astype(np.float32) / 255.0
-    assert read_attributes(as_float) == _attrs(examples[0])
-
-
-def test_checker_is_robust_to_blur_and_noise():
-    rng = np.random.default_rng(0)
-    examples = list(generate_examples("train", 600, seed=4))
-    scores = score_images([_degrade(e["image"], rng) for e in examples], [_attrs(e) for e in examples])
-    assert scores["all_four"] >= 0.95, scores
-
-
-def test_checker_finds_nothing_on_a_blank_image():
-    blank = Image.new("RGB", (32, 32), BACKGROUND)
-    assert read_attributes(blank) is None
-    noisy = np.clip(
-        np.asarray(blank, dtype=float) + np.random.default_rng(0).normal(0, 8, (32, 32, 3)), 0, 255
-    )
-    assert read_attributes(noisy.astype(np.uint8)) is None
-
-
-def test_score_images_reports_each_attribute_separately():
-    examples = list(generate_examples("validation", 20, seed=0))
-    images = [e["image"] for e in examples]
-    truth = [_attrs(e) for e in examples]
-    perfect = score_images(images, [e["text"] for e in examples])  # captions work as targets too
-    assert perfect == {
-        "color": 1.0,
-        "shape": 1.0,
-        "position": 1.0,
-        "size": 1.0,
-        "all_four": 1.0,
-        "detected": 1.0,
-        "count": 20,
-    }
-    flip = {"small": "large", "large": "small"}
-    wrong_size = [ShapeAttributes(a.color, a.shape, a.position, flip[a.size]) for a in truth]
-    scores = score_images(images, wrong_size)
-    assert scores["size"] == 0.0 and scores["all_four"] == 0.0
-    assert scores["color"] == scores["shape"] == scores["position"] == 1.0
-    blank = Image.new("RGB", (32, 32), BACKGROUND)
-    assert score_images([blank], truth[:1])["detected"] == 0.0
 
 
 # ---------------------------------------------------------------------------------------------
