@@ -54,9 +54,13 @@ class VectorQuantizer(nn.Module):
 
     def _nearest_codes(self, flat: torch.Tensor) -> torch.Tensor:
         """flat (N, D), already normalised if l2 -> (N,) ids of the nearest code by Euclidean distance."""
-        codebook = self.embeddings().to(flat.dtype)  # (K, D)
-        # ||z - e||^2 = ||z||^2 - 2 z.e + ||e||^2; ||z||^2 does not change the argmin.
-        distances = codebook.pow(2).sum(1)[None, :] - 2 * flat @ codebook.t()  # (N, K)
+        # In fp32 whatever the autocast: under bf16 the argmin between nearby unit vectors would be
+        # decided by rounding (about 5% of codes differ with 8192 codes), and codes would depend on precision.
+        with torch.autocast(flat.device.type, enabled=False):
+            flat = flat.float()
+            codebook = self.embeddings().float()  # (K, D)
+            # ||z - e||^2 = ||z||^2 - 2 z.e + ||e||^2; ||z||^2 does not change the argmin.
+            distances = codebook.pow(2).sum(1)[None, :] - 2 * flat @ codebook.t()  # (N, K)
         return distances.argmin(dim=1)
 
     def forward(self, z_e: torch.Tensor) -> QuantizerOutput:
