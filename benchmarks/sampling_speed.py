@@ -4,10 +4,13 @@
         [--guidance-scale 3] [--device cpu] [--out benchmarks/results/sampling_speed.json]
 
 For each batch size, with guidance off (scale 1) and on (conditional and unconditional halves in one
-batched pass), it times ``sample_image_codes`` on the same model and prompts three ways:
+batched pass), it times ``sample_image_codes`` on the same model and prompts in up to four ways
+(``--methods``):
 
 - ``recompute``: no cache, the whole sequence is run again at every step (the baseline);
 - ``hf-cache``: transformers' own forward with its ``DynamicCache``;
+- ``hf-static-compile``: transformers' forward over its ``StaticCache`` with the one-token step
+  ``torch.compile``d (CUDA graphs on a GPU); its compile time per batch shape is reported apart;
 - ``kv-cache``: the pipeline's default, ``KVDecoder`` (preallocated cache, fused projections);
 
 and reports images per second (image codes only; the VQ-VAE decode is not timed) and each way's speedup
@@ -37,6 +40,13 @@ from minidalle.devices import resolve_device_dtype  # noqa: E402
 from stage2_transformer.model import build_transformer  # noqa: E402
 from stage2_transformer.sampling import sample_image_codes  # noqa: E402
 
+METHODS = {  # name -> sample_image_codes keyword arguments
+    "recompute": {"use_cache": False},
+    "hf-cache": {"use_cache": True, "cache_implementation": "dynamic"},
+    "hf-static-compile": {"use_cache": True, "cache_implementation": "hf-static-compile"},
+    "kv-cache": {"use_cache": True, "cache_implementation": "static"},
+}
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -49,6 +59,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "configs/stage2_gpu.yaml's (353M parameters, 64 caption tokens + 32x32 codes)",
     )
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        choices=list(METHODS),
+        default=list(METHODS),
+        help="ways to sample, timed in this order; speed-ups are over the first one given",
+    )
     p.add_argument("--guidance-scale", type=float, default=3.0, help="the 'guidance on' setting (default 3)")
     p.add_argument("--repeats", type=int, default=2, help="timed runs per setting; the best counts")
     p.add_argument("--device", help="default: cuda when present, else cpu")
@@ -75,13 +92,6 @@ def load_model(args: argparse.Namespace):
     return model, layout, f"random model of the {args.size} size"
 
 
-METHODS = {  # name -> sample_image_codes keyword arguments
-    "recompute": {"use_cache": False},
-    "hf-cache": {"use_cache": True, "cache_implementation": "dynamic"},
-    "kv-cache": {"use_cache": True, "cache_implementation": "static"},
-}
-
-
 def time_sampling(model, layout, batch: int, guidance: float, method: str, repeats: int) -> float:
     """Best wall time (s) to sample ``batch`` images."""
     device = next(model.parameters()).device
@@ -100,6 +110,10 @@ def time_sampling(model, layout, batch: int, guidance: float, method: str, repea
     return best
 
 
+def _compiled(method: str) -> bool:
+    return METHODS[method].get("cache_implementation", "").endswith("compile")
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -111,40 +125,10 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     model, layout, source = load_model(args)
     device = next(model.parameters()).device
-    for method in METHODS:  # warm-up: kernels, allocator
-        time_sampling(model, layout, 2, args.guidance_scale, method, 1)
+    for method in args.methods:  # warm-up: kernels, allocator (a compiled method warms up per shape below)
+        if not _compiled(method):
+            time_sampling(model, layout, 2, args.guidance_scale, method, 1)
 
-    rows = []
-    header = f"{'batch':>5}  {'guidance':>8}  {'method':>9}  {'seconds':>8}  {'images/s':>9}  {'speedup':>7}"
-    print(
-        f"{source}: {layout.grid_h}x{layout.grid_w} codes, {layout.text_len} caption tokens, "
-        f"sequence {layout.seq_len}; {device} {next(model.parameters()).dtype}, {torch.get_num_threads()} threads"
-    )
-    print(header)
-    print("-" * len(header))
-    for batch in args.batch_sizes:
-        for guidance in (1.0, args.guidance_scale):
-            baseline = None
-            for method in METHODS:
-                seconds = time_sampling(model, layout, batch, guidance, method, args.repeats)
-                baseline = baseline or seconds  # the first method is recomputation
-                speedup = baseline / seconds
-                row = {
-                    "batch_size": batch,
-                    "guidance": guidance != 1.0,
-                    "guidance_scale": guidance,
-                    "method": method,
-                    "kv_cache": method != "recompute",
-                    "seconds": seconds,
-                    "images_per_s": batch / seconds,
-                    "speedup_vs_recompute": speedup,
-                }
-                rows.append(row)
-                print(
-                    f"{batch:>5}  {('on' if row['guidance'] else 'off'):>8}  {method:>9}  "
-                    f"{seconds:>8.3f}  {row['images_per_s']:>9.2f}  {speedup:>6.1f}x",
-                    flush=True,
-                )
     report = {
         "model": source,
         "layout": layout.to_dict(),
@@ -158,13 +142,52 @@ def main(argv: list[str] | None = None) -> dict:
         "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
         "repeats": args.repeats,
-        "results": rows,
     }
-    out = Path(args.out)
+    rows = []
+    header = f"{'batch':>5}  {'guidance':>8}  {'method':>17}  {'seconds':>8}  {'images/s':>9}  {'speedup':>7}"
+    print(
+        f"{source}: {layout.grid_h}x{layout.grid_w} codes, {layout.text_len} caption tokens, "
+        f"sequence {layout.seq_len}; {device} {next(model.parameters()).dtype}, {torch.get_num_threads()} threads"
+    )
+    print(header)
+    print("-" * len(header))
+    for batch in args.batch_sizes:
+        for guidance in (1.0, args.guidance_scale):
+            baseline = None
+            for method in args.methods:
+                # A compiled step is compiled anew for each batch shape: its first call, timed apart.
+                first_call = (
+                    time_sampling(model, layout, batch, guidance, method, 1) if _compiled(method) else None
+                )
+                seconds = time_sampling(model, layout, batch, guidance, method, args.repeats)
+                baseline = baseline or seconds  # the first method given (by default recomputation)
+                speedup = baseline / seconds
+                row = {
+                    "batch_size": batch,
+                    "guidance": guidance != 1.0,
+                    "guidance_scale": guidance,
+                    "method": method,
+                    "kv_cache": method != "recompute",
+                    "seconds": seconds,
+                    "images_per_s": batch / seconds,
+                    f"speedup_vs_{args.methods[0]}": speedup,
+                    "compile_seconds": None if first_call is None else first_call - seconds,
+                }
+                rows.append(row)
+                write_report(args.out, report, rows)  # after every row: a killed run keeps what it measured
+                print(
+                    f"{batch:>5}  {('on' if row['guidance'] else 'off'):>8}  {method:>17}  "
+                    f"{seconds:>8.3f}  {row['images_per_s']:>9.2f}  {speedup:>6.1f}x",
+                    flush=True,
+                )
+    print(f"wrote {args.out}")
+    return {**report, "results": rows}
+
+
+def write_report(path: str, report: dict, rows: list[dict]) -> None:
+    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {out}")
-    return report
+    out.write_text(json.dumps({**report, "results": rows}, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

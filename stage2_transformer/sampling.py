@@ -28,12 +28,17 @@ from minidalle.arguments import check_int, is_number
 
 from .decoding import KVDecoder
 from .layout import SequenceLayout
+from .static_cache_decoding import StaticCacheDecoder
 
 # With guidance, codes whose conditional probability is below this fraction of the most likely
 # code's are never sampled (0 disables). See sample_image_codes.
 DEFAULT_GUIDANCE_PLAUSIBILITY = 0.05
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
+
+# "static": KVDecoder (decoding.py); "dynamic": transformers' forward with DynamicCache; "hf-static":
+# transformers' forward with StaticCache, "hf-static-compile" with its one-token step torch.compile'd.
+CACHE_IMPLEMENTATIONS = ("static", "dynamic", "hf-static", "hf-static-compile")
 
 
 @torch.no_grad()
@@ -60,10 +65,14 @@ def sample_image_codes(
     so far, ``codes`` (B, row + 1, w). ``use_cache=False`` re-runs the whole sequence at every step.
     ``cache_implementation``: ``"static"`` decodes with ``KVDecoder`` (preallocated cache, fused
     projections; falls back to ``"dynamic"`` for models it does not support), ``"dynamic"`` with
-    transformers' own forward and ``DynamicCache``. All three ways sample the same codes.
+    transformers' own forward and ``DynamicCache``, ``"hf-static"`` with its ``StaticCache`` and
+    ``"hf-static-compile"`` the same with the one-token step compiled (static_cache_decoding.py). Every
+    way samples the same codes (up to floating-point differences of compiled kernels).
     """
-    if cache_implementation not in ("static", "dynamic"):
-        raise ValueError(f"cache_implementation must be 'static' or 'dynamic', got {cache_implementation!r}.")
+    if cache_implementation not in CACHE_IMPLEMENTATIONS:
+        raise ValueError(
+            f"cache_implementation must be one of {', '.join(CACHE_IMPLEMENTATIONS)}, got {cache_implementation!r}."
+        )
     top_k = check_sampling_args(temperature, top_k, top_p, guidance_scale, guidance_plausibility)
     device = _model_device(model)
     text_ids = _check_text_ids(text_ids, layout).to(device)  # (B, T)
@@ -87,6 +96,10 @@ def sample_image_codes(
         decoder = cache = None
         if use_cache and cache_implementation == "static" and KVDecoder.supports(model):
             decoder = KVDecoder(model, seq.shape[0], layout.seq_len, logit_rows=layout.image_slice)
+            logits = decoder.prefill(seq)  # (B or 2B, K)
+        elif use_cache and cache_implementation.startswith("hf-static"):
+            compile_steps = cache_implementation == "hf-static-compile"
+            decoder = StaticCacheDecoder(model, layout.seq_len, layout.image_slice, compile=compile_steps)
             logits = decoder.prefill(seq)  # (B or 2B, K)
         else:
             cache = DynamicCache(config=model.config) if use_cache else None

@@ -299,7 +299,7 @@ def test_guidance_batches_cond_and_uncond_in_one_pass(model):
     assert torch.equal(greedy[:, 0, 0], mixed.argmax(-1))
 
 
-@pytest.mark.parametrize("cache_implementation", ["static", "dynamic"])
+@pytest.mark.parametrize("cache_implementation", ["static", "dynamic", "hf-static"])
 @pytest.mark.parametrize("kwargs", [{"temperature": 0.0}, {}, {"guidance_scale": 2.5, "top_k": 6}])
 def test_kv_cache_matches_full_recompute(model, kwargs, cache_implementation):
     text = _captions(3)
@@ -315,7 +315,7 @@ def test_kv_cache_matches_full_recompute(model, kwargs, cache_implementation):
         model, LAYOUT, text, generator=torch.Generator().manual_seed(7), use_cache=False, **kwargs
     )
     assert torch.equal(cached, full)
-    with pytest.raises(ValueError, match="cache_implementation must be 'static' or 'dynamic'"):
+    with pytest.raises(ValueError, match="cache_implementation must be one of static, dynamic"):
         sample_image_codes(model, LAYOUT, text, cache_implementation="paged")
 
 
