@@ -5,6 +5,10 @@ A script builds a ``TrainingRun`` from its ``train:`` settings and calls, in ord
 ``resume``; then, in its loop, ``backward`` per micro-batch inside ``accelerator.accumulate(model)``,
 ``optimizer_step``, ``log`` and ``end_of_step``; and ``final_save`` at the end. Everything particular to a
 stage (data, model, losses, evaluation) stays in its script.
+
+Gradient accumulation is Accelerate's: ``accumulate`` skips the gradient all-reduce until the last
+micro-batch of a step and marks that one ``sync_gradients`` (DeepSpeed steps inside its backward), and
+``accelerator.backward`` divides each loss by the number of micro-batches.
 """
 
 from __future__ import annotations

@@ -102,21 +102,11 @@ def main(argv: list[str] | None = None) -> None:
                 f"{tcfg.batch_size} on each of {accelerator.num_processes} processes."
             )
         sampler = data_lib.EpochSampler(len(train_set), seed=tcfg.seed)
+    collate, workers = data_lib.collate_image_captions, cfg.data.num_workers
     train_loader = torch.utils.data.DataLoader(
-        train_set,
-        batch_size=tcfg.batch_size,
-        sampler=sampler,
-        drop_last=True,
-        num_workers=cfg.data.num_workers,
-        collate_fn=data_lib.collate_image_captions,
+        train_set, tcfg.batch_size, sampler=sampler, drop_last=True, num_workers=workers, collate_fn=collate
     )
-    eval_loader = torch.utils.data.DataLoader(
-        eval_set,
-        batch_size=64,
-        shuffle=False,
-        num_workers=cfg.data.num_workers,
-        collate_fn=data_lib.collate_image_captions,
-    )
+    eval_loader = torch.utils.data.DataLoader(eval_set, 64, num_workers=workers, collate_fn=collate)
     grid_images = [eval_set[i] for i in range(min(len(eval_set), cfg.num_grid_images))]
     grid_pixels = data_lib.collate_image_captions(grid_images)["pixels"]  # (n, 3, H, W)
     grid_pixels = grid_pixels.to(accelerator.device)

@@ -171,11 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     eval_captions = list(dict.fromkeys(codes_sets["validation"]["text"]))[: cfg.sampling.num_captions]
     sampler = data_lib.EpochSampler(len(train_set), seed=tcfg.seed)
     train_loader = torch.utils.data.DataLoader(
-        train_set,
-        batch_size=tcfg.batch_size,
-        sampler=sampler,
-        drop_last=True,
-        num_workers=cfg.data.num_workers,
+        train_set, tcfg.batch_size, sampler=sampler, drop_last=True, num_workers=cfg.data.num_workers
     )
 
     # ---------------------------------------------------------------- model and optimizer
