@@ -71,10 +71,8 @@ def test_sigterm_checkpoints_exits_zero_and_resumes_exactly(tmp_path, shapes_cac
 def test_sigkill_at_a_random_moment_resumes_exactly(tmp_path, shapes_cache, reference):
     """Checkpoints at every step, so the kill most likely lands while one is being written."""
     out = tmp_path / "run"
-    every_step = flags(
-        f"--train.max_steps {LONG} --train.checkpoint_every 1 --train.checkpoints_total_limit 2"
-    )
-    args = tiny(shapes_cache, out, *every_step)
+    every_step = flags("--train.checkpoint_every 1 --train.checkpoints_total_limit 2")
+    args = tiny(shapes_cache, out, "--train.max_steps", str(LONG), *every_step)
     job = start(STAGE1, *args, log=tmp_path / "log.txt")
     wait_for(lambda: len(list_checkpoints(out)) >= 2, job, what="two checkpoints")
     job.send_signal(signal.SIGKILL)

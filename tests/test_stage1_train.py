@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from stage1_vqvae.model import VQVAE
 from tests.conftest import flags, launch, read_metrics
 
+TRAIN = "stage1_vqvae/train.py"
 TINY = flags(
     "--config configs/stage1_tiny.yaml --data.builtin_train_size 256 --data.builtin_eval_size 32 "
     "--model.base_channels 8 --model.codebook_size 32 --train.batch_size 8 --train.warmup_steps 2 "
@@ -29,10 +30,7 @@ def tiny_args(cache, out, extra: str = ""):
 
 def test_train_writes_checkpoints_grids_logs_and_model(tmp_path, shapes_cache):
     out = tmp_path / "run"
-    launch(
-        "stage1_vqvae/train.py",
-        *tiny_args(shapes_cache, out, "--train.max_steps 12 --train.learning_rate 3e-3"),
-    )
+    launch(TRAIN, *tiny_args(shapes_cache, out, "--train.max_steps 12 --train.learning_rate 3e-3"))
     # the exported model loads and tokenizes images
     model = VQVAE.from_pretrained(out / "vqvae")
     assert model.encode(torch.zeros(1, 3, 32, 32)).shape == (1, 8, 8)
@@ -68,16 +66,10 @@ def test_train_writes_checkpoints_grids_logs_and_model(tmp_path, shapes_cache):
 def test_resume_continues_exactly(tmp_path, shapes_cache):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     eight_steps = "--train.max_steps 8 --train.checkpoint_every 0"
-    launch("stage1_vqvae/train.py", *tiny_args(shapes_cache, straight, eight_steps))
-    launch(
-        "stage1_vqvae/train.py",
-        *tiny_args(shapes_cache, resumed, f"{eight_steps} --train.stop_after_steps 4"),
-    )
+    launch(TRAIN, *tiny_args(shapes_cache, straight, eight_steps))
+    launch(TRAIN, *tiny_args(shapes_cache, resumed, f"{eight_steps} --train.stop_after_steps 4"))
     assert not (resumed / "vqvae").exists()  # stopped early: no final export yet
-    launch(
-        "stage1_vqvae/train.py",
-        *tiny_args(shapes_cache, resumed, f"{eight_steps} --resume_from_checkpoint latest"),
-    )
+    launch(TRAIN, *tiny_args(shapes_cache, resumed, f"{eight_steps} --resume_from_checkpoint latest"))
     a = load_file(str(straight / "vqvae" / "model.safetensors"))
     b = load_file(str(resumed / "vqvae" / "model.safetensors"))
     assert a.keys() == b.keys()
@@ -87,19 +79,15 @@ def test_resume_continues_exactly(tmp_path, shapes_cache):
 
 def test_refuses_to_overwrite_another_run(tmp_path, shapes_cache):
     out = tmp_path / "run"
-    launch("stage1_vqvae/train.py", *tiny_args(shapes_cache, out, "--train.max_steps", "2"))
-    result = launch(
-        "stage1_vqvae/train.py", *tiny_args(shapes_cache, out, "--train.max_steps", "2"), expect_ok=False
-    )
+    launch(TRAIN, *tiny_args(shapes_cache, out, "--train.max_steps 2"))
+    result = launch(TRAIN, *tiny_args(shapes_cache, out, "--train.max_steps 2"), expect_ok=False)
     assert result.returncode != 0 and "already holds a run" in result.stderr
     assert (out / "vqvae" / "model.safetensors").is_file()  # nothing already done was lost
 
 
 def test_unknown_config_key_fails_before_work(tmp_path, shapes_cache):
     out = tmp_path / "run"
-    result = launch(
-        "stage1_vqvae/train.py", *tiny_args(shapes_cache, out, "--train.learnig_rate", "1"), expect_ok=False
-    )
+    result = launch(TRAIN, *tiny_args(shapes_cache, out, "--train.learnig_rate 1"), expect_ok=False)
     assert result.returncode != 0 and "learning_rate" in result.stderr
     assert not out.exists()
 
@@ -175,7 +163,7 @@ def test_training_skips_corrupt_images_and_reports_them(tmp_path):
         "--train.report_to none --codebook.kmeans_batches 1"
     )
     paths = ["--data.path", str(folder), "--train.output_dir", str(out)]
-    result = launch("stage1_vqvae/train.py", *settings, *paths)
+    result = launch(TRAIN, *settings, *paths)
     assert (out / "vqvae" / "model.safetensors").is_file()
     assert "Skipping unreadable image" in result.stderr and "corrupt.png" in result.stderr
 

@@ -45,17 +45,8 @@ TINY = flags(
 
 def tiny_args(vqvae, cache, codes, out, extra: str = ""):
     """The tiny run's flags, its folders, then ``extra`` (flags and values separated by spaces)."""
-    paths = [
-        "--vqvae",
-        vqvae,
-        "--data.builtin_cache_dir",
-        cache,
-        "--codes.cache_dir",
-        codes,
-        "--train.output_dir",
-        out,
-    ]
-    return [*TINY, *map(str, paths), *flags(extra)]
+    paths = ["--vqvae", vqvae, "--data.builtin_cache_dir", cache, "--codes.cache_dir", codes]
+    return [*TINY, *map(str, paths), "--train.output_dir", str(out), *flags(extra)]
 
 
 def test_train_writes_checkpoints_samples_and_model(tmp_path, vqvae_dir, shapes_cache):
@@ -110,10 +101,8 @@ def test_resume_continues_exactly(tmp_path, vqvae_dir, shapes_cache):
     common = "--train.max_steps 8 --train.checkpoint_every 0 --train.image_every 0 --train.eval_every 0"
     launch(TRAIN, *tiny_args(vqvae_dir, shapes_cache, codes, straight, common))
     launch(TRAIN, *tiny_args(vqvae_dir, shapes_cache, codes, resumed, f"{common} --train.stop_after_steps 3"))
-    result = launch(
-        TRAIN,
-        *tiny_args(vqvae_dir, shapes_cache, codes, resumed, f"{common} --resume_from_checkpoint latest"),
-    )
+    resume = f"{common} --resume_from_checkpoint latest"
+    result = launch(TRAIN, *tiny_args(vqvae_dir, shapes_cache, codes, resumed, resume))
     assert "Reusing pre-encoded train codes" in result.stderr  # the second run did not re-encode
     a = load_file(str(straight / "transformer" / "model.safetensors"))
     b = load_file(str(resumed / "transformer" / "model.safetensors"))
@@ -170,10 +159,8 @@ def test_caption_dropout_rate():
 
 def test_caption_dropout_happens_in_training(tmp_path, vqvae_dir, shapes_cache):
     out = tmp_path / "run"
-    settings = "--train.max_steps 20 --loss.caption_dropout 0.5 --train.image_every 0 --train.eval_every 0"
-    launch(
-        TRAIN,
-        *tiny_args(vqvae_dir, shapes_cache, tmp_path / "codes", out, f"{settings} --train.batch_size 16"),
-    )
+    settings = "--train.max_steps 20 --train.batch_size 16 --loss.caption_dropout 0.5"
+    settings += " --train.image_every 0 --train.eval_every 0"
+    launch(TRAIN, *tiny_args(vqvae_dir, shapes_cache, tmp_path / "codes", out, settings))
     rates = [m["train/caption_dropout"] for m in read_metrics(out) if "train/caption_dropout" in m]
     assert abs(sum(rates) / len(rates) - 0.5) < 0.1  # 320 draws
