@@ -65,8 +65,14 @@ def make_step(stage: int, size: str, device: str, dtype: torch.dtype | None):
             out = model(inputs)
             return model.loss(inputs, out)[0]
 
-        facts = {"batch_size": batch, "resolution": cfg.resolution, "grid": cfg.grid_size,
-                 "codebook_size": cfg.codebook_size, "unit": "images/s", "items_per_step": batch}  # fmt: skip
+        facts = {
+            "batch_size": batch,
+            "resolution": cfg.resolution,
+            "grid": cfg.grid_size,
+            "codebook_size": cfg.codebook_size,
+            "unit": "images/s",
+            "items_per_step": batch,
+        }
     else:
         cfg, layout, batch = stage2_setting(size, device)
         model = build_transformer(cfg, layout).to(device).train()
@@ -79,9 +85,15 @@ def make_step(stage: int, size: str, device: str, dtype: torch.dtype | None):
             return weighted_lm_loss(logits, seq, layout)[0]
 
         tokens = batch * (layout.seq_len - 1)
-        facts = {"batch_size": batch, "seq_len": layout.seq_len, "hidden_size": cfg.hidden_size,
-                 "num_layers": cfg.num_layers, "unit": "tokens/s", "items_per_step": tokens,
-                 "flops_6nd_per_step": 6 * count_parameters(model) * tokens}  # fmt: skip
+        facts = {
+            "batch_size": batch,
+            "seq_len": layout.seq_len,
+            "hidden_size": cfg.hidden_size,
+            "num_layers": cfg.num_layers,
+            "unit": "tokens/s",
+            "items_per_step": tokens,
+            "flops_6nd_per_step": 6 * count_parameters(model) * tokens,
+        }
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     autocast = torch.autocast(device_type=device, dtype=dtype) if dtype is not None else None
 
@@ -132,10 +144,15 @@ def measure_one(stage: int, size: str, device: str, precision: str, steps: int, 
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
     result = {
-        "stage": stage, "size": size, **facts, "step_ms": 1000 * seconds,
-        "throughput": facts["items_per_step"] / seconds, "peak_memory_mb": peak_mb,
-        "flops_per_step": flops, "achieved_tflops": flops / seconds / 1e12,
-    }  # fmt: skip
+        "stage": stage,
+        "size": size,
+        **facts,
+        "step_ms": 1000 * seconds,
+        "throughput": facts["items_per_step"] / seconds,
+        "peak_memory_mb": peak_mb,
+        "flops_per_step": flops,
+        "achieved_tflops": flops / seconds / 1e12,
+    }
     if device == "cuda":
         result["device_name"] = torch.cuda.get_device_name()
     return result
@@ -152,24 +169,33 @@ def peak_tflops(device_name: str, precision: str, override: float | None) -> flo
 
 
 def print_table(rows: list[dict]) -> None:
-    header = f"{'stage':>5} {'size':>5} {'params':>8} {'batch':>5} {'throughput':>18} {'step ms':>8} " \
-             f"{'peak MB':>8} {'GFLOP/step':>10} {'TFLOP/s':>8} {'MFU':>6}"  # fmt: skip
+    header = (
+        f"{'stage':>5} {'size':>5} {'params':>8} {'batch':>5} {'throughput':>18} {'step ms':>8} "
+        f"{'peak MB':>8} {'GFLOP/step':>10} {'TFLOP/s':>8} {'MFU':>6}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "-"
         value = r["throughput"]
         throughput = f"{value:,.0f} {r['unit']}" if value >= 100 else f"{value:.2f} {r['unit']}"
-        print(f"{r['stage']:>5} {r['size']:>5} {r['params'] / 1e6:>7.2f}M {r['batch_size']:>5} {throughput:>18} "
-              f"{r['step_ms']:>8.1f} {r['peak_memory_mb']:>8.0f} {r['flops_per_step'] / 1e9:>10.2f} "
-              f"{r['achieved_tflops']:>8.3f} {mfu:>6}")  # fmt: skip
+        print(
+            f"{r['stage']:>5} {r['size']:>5} {r['params'] / 1e6:>7.2f}M {r['batch_size']:>5} {throughput:>18} "
+            f"{r['step_ms']:>8.1f} {r['peak_memory_mb']:>8.0f} {r['flops_per_step'] / 1e9:>10.2f} "
+            f"{r['achieved_tflops']:>8.3f} {mfu:>6}"
+        )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stages", type=int, nargs="+", default=[1, 2], choices=[1, 2])
-    p.add_argument("--sizes", nargs="+", default=["tiny", "mid"], choices=SIZES,
-                   help="gpu: configs/stage{1,2}_gpu.yaml, the real-scale models (needs a large GPU)")  # fmt: skip
+    p.add_argument(
+        "--sizes",
+        nargs="+",
+        default=["tiny", "mid"],
+        choices=SIZES,
+        help="gpu: configs/stage{1,2}_gpu.yaml, the real-scale models (needs a large GPU)",
+    )
     p.add_argument("--device", help="default: cuda when present, else cpu")
     p.add_argument("--precision", choices=["bf16", "fp16", "fp32"], help="default: bf16 on cuda, fp32 on cpu")
     p.add_argument("--steps", type=int, help="timed steps (default: 20 on cuda, 3 on cpu)")
@@ -201,8 +227,9 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for size in args.sizes:
         for stage in args.stages:
-            command = [sys.executable, __file__, "--one", str(stage), size, "--device", args.device,
-                       "--precision", args.precision, "--steps", str(args.steps), "--warmup", str(args.warmup)]  # fmt: skip
+            command = [sys.executable, __file__, "--one", str(stage), size, "--device", args.device]
+            command += ["--precision", args.precision, "--steps", str(args.steps)]
+            command += ["--warmup", str(args.warmup)]
             if args.threads:
                 command += ["--threads", str(args.threads)]
             done = subprocess.run(

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from minidalle import data as data_lib
+from minidalle.faults import fault_point
 from minidalle.hub import file_fingerprint, model_fingerprint
 from minidalle.pixels import preprocess
-from minidalle.training import fault_point
 from stage2_transformer.tokenizer import encode_captions
 
 logger = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from minidalle.data import DataConfig
-from minidalle.training import TrainConfig
+from minidalle.train_config import TrainConfig
 from stage2_transformer.model import TransformerConfig
 
 

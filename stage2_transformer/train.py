@@ -11,54 +11,28 @@ final model (``transformer/``) with its sequence layout.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-import math
 import shutil
 import time
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import set_seed
-from tqdm.auto import tqdm
 
 from minidalle import data as data_lib
+from minidalle.checkpoints import holds_run
 from minidalle.config import parse_config
+from minidalle.distributed import main_process_model, unwrap
 from minidalle.hub import model_fingerprint
 from minidalle.images import captioned_grid, to_chw_uint8
-from minidalle.training import (
-    GracefulStop,
-    MetricsLog,
-    NonFiniteGuard,
-    checkpoint_or_stop,
-    checkpoint_step,
-    cosine_with_warmup,
-    device_memory_metrics,
-    export_state_dict,
-    fault_active,
-    flat_config,
-    format_metrics,
-    holds_run,
-    infinite_batches,
-    main_process_model,
-    prepare_output_dir,
-    resolve_resume,
-    save_checkpoint,
-    step_generator,
-    unwrap,
-)
+from minidalle.metrics_log import device_memory_metrics, format_metrics
+from minidalle.trainer import TrainingRun, step_generator
 from stage1_vqvae.model import VQVAE
 from stage2_transformer.evaluation import evaluate_prior, sample_images, score_samples
 from stage2_transformer.layout import SequenceLayout
 from stage2_transformer.loss import weighted_lm_loss
 from stage2_transformer.model import build_transformer, count_parameters, save_transformer
-from stage2_transformer.precompute import (
-    CodesMismatchError,
-    load_codes_dir,
-    precompute_codes,
-)
+from stage2_transformer.precompute import CodesMismatchError, load_codes_dir, precompute_codes
 from stage2_transformer.run_config import Stage2RunConfig
 from stage2_transformer.stage1_record import describe, read_stage1_record, write_stage1_record
 from stage2_transformer.tokenizer import load_caption_tokenizer, train_caption_tokenizer
@@ -94,41 +68,49 @@ def load_tokenizer(cfg: Stage2RunConfig, accelerator, output_dir: Path, train_hf
 
 
 @torch.no_grad()
-def log_samples(
-    accelerator, model, layout, vqvae, tokenizer, captions, cfg, output_dir: Path, step: int, checker
-):
-    """Sample the fixed validation captions with the KV cache and guidance; save a captioned grid."""
+def log_samples(run: TrainingRun, model, layout, vqvae, tokenizer, captions, cfg: Stage2RunConfig) -> dict:
+    """Sample the fixed validation captions with the KV cache and guidance; save a captioned grid.
+
+    On the built-in shapes data, the checker's scores of the samples are logged and returned.
+    """
     s = cfg.sampling
     repeated = [c for c in captions for _ in range(s.images_per_caption)]
-    images = sample_images(model, layout, vqvae, tokenizer, repeated, guidance_scale=s.guidance_scale,
-                           temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, seed=cfg.train.seed)  # fmt: skip
+    images = sample_images(
+        model,
+        layout,
+        vqvae,
+        tokenizer,
+        repeated,
+        guidance_scale=s.guidance_scale,
+        temperature=s.temperature,
+        top_k=s.top_k,
+        top_p=s.top_p,
+        seed=cfg.train.seed,
+    )
     grid = captioned_grid(images, repeated, columns=s.images_per_caption * 4)
-    folder = output_dir / "images"
+    folder = run.output_dir / "images"
     folder.mkdir(exist_ok=True)
-    grid.save(folder / f"samples-{step:06d}.png")
-    (folder / f"samples-{step:06d}.txt").write_text("\n".join(repeated) + "\n")
-    for tracker in accelerator.trackers:
+    grid.save(folder / f"samples-{run.step:06d}.png")
+    (folder / f"samples-{run.step:06d}.txt").write_text("\n".join(repeated) + "\n")
+    for tracker in run.accelerator.trackers:
         if tracker.name == "tensorboard":
-            tracker.writer.add_image("samples", to_chw_uint8(grid), step)
-            tracker.writer.add_text("sample_captions", "\n\n".join(repeated), step)
-    return score_samples(images, repeated) if checker else {}
+            tracker.writer.add_image("samples", to_chw_uint8(grid), run.step)
+            tracker.writer.add_text("sample_captions", "\n\n".join(repeated), run.step)
+    if cfg.data.source != "builtin":
+        return {}
+    scores = score_samples(images, repeated)
+    run.log("samples", scores)
+    return scores
 
 
 def main(argv: list[str] | None = None) -> None:
     # ---------------------------------------------------------------- config and accelerator
     cfg = parse_config(Stage2RunConfig, argv, description=__doc__)
     tcfg = cfg.train
-    output_dir = Path(tcfg.output_dir)
-    accelerator = Accelerator(
-        mixed_precision=tcfg.mixed_precision,
-        log_with=None if tcfg.report_to == "none" else tcfg.report_to,
-        project_dir=str(output_dir),
+    run = TrainingRun(
+        tcfg, "stage2_transformer", nonfinite_hint="lower train.learning_rate, or use bf16 rather than fp16"
     )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    if not accelerator.is_main_process:
-        logging.getLogger().setLevel(logging.WARNING)
-    resuming = tcfg.resume_from_checkpoint is not None
-    resume_path = resolve_resume(output_dir, tcfg.resume_from_checkpoint)
+    accelerator, output_dir = run.accelerator, run.output_dir
     if not Path(cfg.vqvae).is_dir():
         raise FileNotFoundError(
             f"vqvae={cfg.vqvae!r} is not a folder. Train stage 1 first (accelerate launch stage1_vqvae/train.py "
@@ -139,14 +121,12 @@ def main(argv: list[str] | None = None) -> None:
     started = holds_run(output_dir)  # has logged or checkpointed training steps
     if started:
         check_stage1_matches_run(output_dir, cfg.vqvae, fingerprint, vqvae.config.codebook_size)
-    prepare_output_dir(output_dir, dataclasses.asdict(cfg), resuming, accelerator.is_main_process)
+    run.claim_output_dir(dataclasses.asdict(cfg))
     if accelerator.is_main_process:
         if not started:  # what a launch that failed before training left here belongs to no run
             shutil.rmtree(output_dir / "tokenizer", ignore_errors=True)
         write_stage1_record(output_dir, cfg.vqvae, fingerprint, vqvae.config.codebook_size)
-    accelerator.wait_for_everyone()
-    set_seed(tcfg.seed)
-    stop = GracefulStop()
+    run.begin()
     cfg.data.resolution = vqvae.config.resolution  # images are tokenized at the stage-1 resolution
 
     # ---------------------------------------------------------------- data: captions -> ids, images -> codes
@@ -162,14 +142,25 @@ def main(argv: list[str] | None = None) -> None:
             codes_sets[split], _ = load_codes_dir(given, cfg.vqvae, vqvae.config.codebook_size)
         else:
             codes_sets[split] = precompute_codes(
-                hf, vqvae=vqvae, vqvae_dir=cfg.vqvae, tokenizer=tokenizer, tokenizer_dir=tokenizer_dir,
-                text_len=cfg.tokenizer.text_len, cache_root=cfg.codes.cache_dir, split=split,
-                batch_size=cfg.codes.batch_size, accelerator=accelerator,
-            )  # fmt: skip
+                hf,
+                vqvae=vqvae,
+                vqvae_dir=cfg.vqvae,
+                tokenizer=tokenizer,
+                tokenizer_dir=tokenizer_dir,
+                text_len=cfg.tokenizer.text_len,
+                cache_root=cfg.codes.cache_dir,
+                split=split,
+                batch_size=cfg.codes.batch_size,
+                accelerator=accelerator,
+            )
     layout = SequenceLayout(
-        text_len=cfg.tokenizer.text_len, text_vocab_size=len(tokenizer), codebook_size=vqvae.config.codebook_size,
-        grid_h=vqvae.config.grid_size, grid_w=vqvae.config.grid_size, pad_id=tokenizer.pad_token_id,
-    )  # fmt: skip
+        text_len=cfg.tokenizer.text_len,
+        text_vocab_size=len(tokenizer),
+        codebook_size=vqvae.config.codebook_size,
+        grid_h=vqvae.config.grid_size,
+        grid_w=vqvae.config.grid_size,
+        pad_id=tokenizer.pad_token_id,
+    )
     num_codes = len(codes_sets["train"][0]["codes"])
     if num_codes != layout.num_image_tokens:
         raise CodesMismatchError(
@@ -180,13 +171,8 @@ def main(argv: list[str] | None = None) -> None:
     eval_captions = list(dict.fromkeys(codes_sets["validation"]["text"]))[: cfg.sampling.num_captions]
     sampler = data_lib.EpochSampler(len(train_set), seed=tcfg.seed)
     train_loader = torch.utils.data.DataLoader(
-        train_set,
-        batch_size=tcfg.batch_size,
-        sampler=sampler,
-        drop_last=True,
-        num_workers=cfg.data.num_workers,
+        train_set, tcfg.batch_size, sampler=sampler, drop_last=True, num_workers=cfg.data.num_workers
     )
-    checker = cfg.data.source == "builtin"
 
     # ---------------------------------------------------------------- model and optimizer
     model = build_transformer(cfg.model, layout)
@@ -194,53 +180,46 @@ def main(argv: list[str] | None = None) -> None:
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": tcfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=tcfg.learning_rate, betas=(tcfg.adam_beta1, tcfg.adam_beta2),
-    )  # fmt: skip
-    scheduler = cosine_with_warmup(optimizer, tcfg)  # stepped by us once per optimizer step
-    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
-    accelerator.register_for_checkpointing(scheduler)
-    if tcfg.compile:
-        model = torch.compile(model)
-    if accelerator.is_main_process:
-        logger.info("Transformer: %.2fM parameters; sequence %d = %d text + 1 + %d image tokens; vocab %d",
-                    count_parameters(unwrap(accelerator, model)) / 1e6, layout.seq_len, layout.text_len,
-                    layout.num_image_tokens, layout.vocab_size)  # fmt: skip
-        accelerator.init_trackers("stage2_transformer", config=flat_config(cfg))
+        lr=tcfg.learning_rate,
+        betas=(tcfg.adam_beta1, tcfg.adam_beta2),
+    )
 
-    def export(folder: Path) -> None:  # called on every process (gathers FSDP/ZeRO-3 shards); main writes
-        state = export_state_dict(accelerator, model)
-        if accelerator.is_main_process:
-            save_transformer(unwrap(accelerator, model), layout, folder / "transformer", state_dict=state)
-            tokenizer.save_pretrained(folder / "tokenizer")
+    def save(transformer, folder: Path, state_dict) -> None:  # the model of a checkpoint or of the run
+        save_transformer(transformer, layout, folder / "transformer", state_dict=state_dict)
+        tokenizer.save_pretrained(folder / "tokenizer")
 
-    def checkpoint(step: int, **extra) -> Path:  # called on every process
-        return save_checkpoint(accelerator, output_dir, step, export, tcfg.checkpoints_total_limit,
-                               extra=extra, model=model)  # fmt: skip
+    model, optimizer, train_loader = run.prepare(model, optimizer, train_loader, save=save, run_config=cfg)
+    logger.info(
+        "Transformer: %.2fM parameters; sequence %d = %d text + 1 + %d image tokens; vocab %d",
+        count_parameters(unwrap(accelerator, model)) / 1e6,
+        layout.seq_len,
+        layout.text_len,
+        layout.num_image_tokens,
+        layout.vocab_size,
+    )
+
+    def build_copy():  # an unsharded copy of the model, for evaluation under FSDP/ZeRO-3
+        return build_transformer(cfg.model, layout)
 
     # ---------------------------------------------------------------- resume
-    global_step = 0
-    if resume_path is not None:
-        saved_layout = SequenceLayout.load(resume_path / "transformer")
+    if run.resume_path is not None:
+        saved_layout = SequenceLayout.load(run.resume_path / "transformer")
         if saved_layout != layout:
             raise CodesMismatchError(
                 f"The checkpoint's sequence layout {saved_layout} differs from this run's {layout}: the "
                 "tokenizer, text_len or stage-1 model changed. Resume with the original settings."
             )
-        accelerator.load_state(str(resume_path))
-        global_step = checkpoint_step(resume_path)
-        logger.info("Resumed from %s at step %d", resume_path, global_step)
+    start_step = run.resume()
     accum = tcfg.gradient_accumulation_steps
-    batches = infinite_batches(accelerator, train_loader, sampler, start_micro_step=global_step * accum)
+    batches = data_lib.infinite_batches(
+        accelerator, train_loader, sampler, start_micro_step=start_step * accum
+    )
 
     # ---------------------------------------------------------------- loop
-    guard = NonFiniteGuard(tcfg.max_nonfinite_steps)
-    metrics_log = MetricsLog(output_dir, accelerator.is_main_process)
-    progress = tqdm(total=tcfg.max_steps, initial=global_step, disable=not accelerator.is_main_process,
-                    desc="stage 2", dynamic_ncols=True)  # fmt: skip
     running: dict[str, float] = {}
     tokens_seen, window_start = 0, time.perf_counter()
     model.train()
-    while global_step < tcfg.max_steps:
+    while run.step < tcfg.max_steps:
         for micro in range(accum):
             _, batch = next(batches)
             codes = batch["codes"].long()  # (B, h*w)
@@ -249,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
             # The draw depends only on (seed, step, micro-step), so a resumed run makes the same draws; the
             # global batch's draws are made in rank order and each process skips those of the ranks before
             # it, so the same captions are dropped whatever the number of processes.
-            generator = step_generator(tcfg.seed, global_step, 1 + micro)
+            generator = step_generator(tcfg.seed, run.step, 1 + micro)
             torch.rand(accelerator.process_index * text_ids.shape[0], generator=generator)
             text_ids, drop = layout.drop_captions(
                 text_ids, cfg.loss.caption_dropout, generator
@@ -259,96 +238,65 @@ def main(argv: list[str] | None = None) -> None:
             if accelerator.num_processes > 1:
                 count = (seq[:, 1 : layout.text_len] != layout.pad_id).sum().float()
                 text_normalizer = accelerator.reduce(count, "sum").clamp(min=1) / accelerator.num_processes
-            accelerator.sync_gradients = micro == accum - 1  # DeepSpeed steps inside the last backward
-            sync_context = accelerator.no_sync(model) if micro < accum - 1 else contextlib.nullcontext()
-            with sync_context, accelerator.autocast():
+            with accelerator.accumulate(model), accelerator.autocast():
                 logits = model(input_ids=seq[:, :-1], use_cache=False).logits  # (B, L-1, V)
                 loss, parts = weighted_lm_loss(
                     logits, seq, layout, cfg.loss.text_weight, cfg.loss.image_weight, text_normalizer
                 )
-                if fault_active("nan_loss", global_step + 1):  # test hook (MINIDALLE_FAULTS)
-                    loss = loss * float("nan")
-                accelerator.backward(loss / accum)
-            for key in ("text_loss", "image_loss"):
+                loss = run.backward(loss)
+            parts["caption_dropout"] = drop.float().mean()
+            for key in ("text_loss", "image_loss", "caption_dropout"):
                 running[key] = running.get(key, 0.0) + float(parts[key]) / accum
-            running["caption_dropout"] = (
-                running.get("caption_dropout", 0.0) + drop.float().mean().item() / accum
-            )
             tokens_seen += seq.numel() * accelerator.num_processes
-        max_norm = tcfg.max_grad_norm if tcfg.max_grad_norm > 0 else math.inf
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
-        if guard.check(accelerator, loss, None if tcfg.mixed_precision == "fp16" else grad_norm):
-            optimizer.step()
-        else:
-            logger.warning("Non-finite loss or gradient at step %d: step skipped (%d in a row, %d total).",
-                           global_step + 1, guard.in_a_row, guard.total_skipped)  # fmt: skip
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-        global_step += 1
-        progress.update(1)
+        grad_norm = run.optimizer_step(loss)
         running["grad_norm"] = running.get("grad_norm", 0.0) + float(grad_norm)
 
-        guard.stop_if_exhausted(
-            accelerator,
-            checkpoint,
-            global_step,
-            output_dir,
-            hint="lower train.learning_rate, or use bf16 rather than fp16",
-        )
-
         # ------------------------------------------------------------ logging, eval, samples
-        if global_step % tcfg.log_every == 0:
+        if run.every(tcfg.log_every):
             elapsed = time.perf_counter() - window_start
             metrics = {k: v / tcfg.log_every for k, v in running.items()}
-            metrics.update(lr=scheduler.get_last_lr()[0], tokens_per_s=tokens_seen / max(elapsed, 1e-9),
-                           skipped_steps=guard.total_skipped)  # fmt: skip
+            metrics.update(
+                lr=run.lr,
+                tokens_per_s=tokens_seen / max(elapsed, 1e-9),
+                skipped_steps=run.guard.total_skipped,
+            )
             metrics.update(device_memory_metrics(accelerator.device))
-            accelerator.log({f"train/{k}": v for k, v in metrics.items()}, step=global_step)
-            metrics_log.write(global_step, {f"train/{k}": v for k, v in metrics.items()})
-            progress.set_postfix(
+            run.log("train", metrics)
+            run.progress.set_postfix(
                 image_loss=f"{metrics['image_loss']:.3f}", text_loss=f"{metrics['text_loss']:.3f}"
             )
             running, tokens_seen, window_start = {}, 0, time.perf_counter()
-        evaluating = tcfg.eval_every and global_step % tcfg.eval_every == 0
-        sampling = tcfg.image_every and global_step % tcfg.image_every == 0
+        evaluating, sampling = run.every(tcfg.eval_every), run.every(tcfg.image_every)
         if evaluating or sampling:  # every process: under FSDP/ZeRO-3 the weights are gathered for main
-            eval_model = main_process_model(accelerator, model, lambda: build_transformer(cfg.model, layout))
+            eval_model = main_process_model(accelerator, model, build_copy)
         if evaluating and accelerator.is_main_process:
             metrics = evaluate_prior(eval_model, layout, codes_sets["validation"], cfg.num_eval_examples)
-            accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=global_step)
-            metrics_log.write(global_step, {f"eval/{k}": v for k, v in metrics.items()})
-            progress.write(f"step {global_step}: eval {format_metrics(metrics)}")
+            run.log("eval", metrics)
+            run.progress.write(f"step {run.step}: eval {format_metrics(metrics)}")
         if sampling and accelerator.is_main_process:
-            scores = log_samples(accelerator, eval_model, layout, vqvae, tokenizer, eval_captions,
-                                 cfg, output_dir, global_step, checker)  # fmt: skip
-            if scores:
-                accelerator.log({f"samples/{k}": v for k, v in scores.items()}, step=global_step)
-                metrics_log.write(global_step, {f"samples/{k}": v for k, v in scores.items()})
+            log_samples(run, eval_model, layout, vqvae, tokenizer, eval_captions, cfg)
         model.train()
 
         # ------------------------------------------------------------ checkpoints and signals
-        if checkpoint_or_stop(accelerator, stop, global_step, tcfg, checkpoint, progress):
+        if run.end_of_step():
             return
 
     # ---------------------------------------------------------------- final save
-    progress.close()
-    if not (tcfg.checkpoint_every and global_step % tcfg.checkpoint_every == 0):
-        checkpoint(global_step)
-    export(output_dir)
-    final = main_process_model(accelerator, model, lambda: build_transformer(cfg.model, layout))
+    run.final_save()
+    final = main_process_model(accelerator, model, build_copy)
     if accelerator.is_main_process:
         metrics = evaluate_prior(final, layout, codes_sets["validation"], cfg.num_eval_examples)
-        accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=global_step)
-        metrics_log.write(global_step, {f"eval/{k}": v for k, v in metrics.items()})
+        run.log("eval", metrics)
         print(f"final eval: {format_metrics(metrics)}")
         if tcfg.image_every:
-            scores = log_samples(accelerator, final, layout, vqvae, tokenizer, eval_captions, cfg, output_dir,
-                                 global_step, checker)  # fmt: skip
+            scores = log_samples(run, final, layout, vqvae, tokenizer, eval_captions, cfg)
             if scores:
-                metrics_log.write(global_step, {f"samples/{k}": v for k, v in scores.items()})
                 print(f"final samples: {format_metrics(scores)}")
-        logger.info("Exported the transformer to %s and the tokenizer to %s", output_dir / "transformer",
-                    output_dir / "tokenizer")  # fmt: skip
+        logger.info(
+            "Exported the transformer to %s and the tokenizer to %s",
+            output_dir / "transformer",
+            output_dir / "tokenizer",
+        )
     accelerator.end_training()
 
 

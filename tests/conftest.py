@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def launch(script: str, *args: str, expect_ok: bool = True, timeout: int = 600, env: dict | None = None):
     """Run ``accelerate launch <script> args`` the way a user does; returns the CompletedProcess."""
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / script), *args]  # fmt: skip
+    accelerate = "-m accelerate.commands.launch --cpu --num_processes 1 --num_machines 1 --mixed_precision no"
+    command = [sys.executable, *flags(f"{accelerate} --dynamo_backend no"), str(ROOT / script), *args]
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full_env)
     if expect_ok and result.returncode != 0:
@@ -24,6 +25,11 @@ def launch(script: str, *args: str, expect_ok: bool = True, timeout: int = 600, 
             f"{script} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
         )
     return result
+
+
+def flags(line: str) -> list[str]:
+    """Command-line flags written as a shell would read them: "--a 1 --b x" -> ["--a", "1", "--b", "x"]."""
+    return shlex.split(line)
 
 
 def read_metrics(output_dir: Path) -> list[dict]:

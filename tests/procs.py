@@ -39,15 +39,22 @@ def command(script: str, *args: str, nproc: int = 1, fsdp: bool = False) -> list
     target = [str(ROOT / "tests" / "fsdp_on_cpu.py"), str(ROOT / script)] if fsdp else [str(ROOT / script)]
     if nproc == 1 and not fsdp:
         return [sys.executable, *target, *args]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-            *target, *args]  # fmt: skip
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+    return [*torchrun, *target, *args]
 
 
-def run(script: str, *args: str, nproc: int = 1, fsdp: bool = False, env: dict | None = None,
-        expect_ok: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:  # fmt: skip
-    extra = {**(FSDP_ENV if fsdp else {}), **(env or {})}
-    result = subprocess.run(command(script, *args, nproc=nproc, fsdp=fsdp), cwd=ROOT, capture_output=True,
-                            text=True, timeout=timeout, env=process_env(extra))  # fmt: skip
+def run(
+    script: str,
+    *args: str,
+    nproc: int = 1,
+    fsdp: bool = False,
+    env: dict | None = None,
+    expect_ok: bool = True,
+    timeout: int = 300,
+) -> subprocess.CompletedProcess:
+    full_env = process_env({**(FSDP_ENV if fsdp else {}), **(env or {})})
+    argv = command(script, *args, nproc=nproc, fsdp=fsdp)
+    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full_env)
     if expect_ok and result.returncode != 0:
         raise AssertionError(
             f"{script} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
@@ -58,8 +65,10 @@ def run(script: str, *args: str, nproc: int = 1, fsdp: bool = False, env: dict |
 def start(script: str, *args: str, nproc: int = 1, env: dict | None = None, log: Path) -> subprocess.Popen:
     """Start in the background, in its own process group (as a job scheduler would signal it)."""
     with open(log, "w") as out:
-        return subprocess.Popen(command(script, *args, nproc=nproc), cwd=ROOT, stdout=out,
-                                stderr=subprocess.STDOUT, env=process_env(env), start_new_session=True)  # fmt: skip
+        argv = command(script, *args, nproc=nproc)
+        return subprocess.Popen(
+            argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=process_env(env), start_new_session=True
+        )
 
 
 def wait_for(condition, process: subprocess.Popen, timeout: float = 120.0, what: str = "") -> None:

@@ -37,11 +37,15 @@ def test_stage2_configs_parse(name):
 
 
 def test_command_line_overrides_and_types():
-    cfg = parse_config(
-        Stage1RunConfig,
-        ["--config", str(CONFIGS / "stage1_tiny.yaml"), "--train.learning_rate", "1e-4", "--train.max_steps=7",
-         "--model.channel_multipliers", "[1, 2]", "--resume_from_checkpoint", "latest", "--train.stop_after_steps", "none"],
-    )  # fmt: skip
+    overrides = [
+        "--train.learning_rate",
+        "1e-4",
+        "--train.max_steps=7",
+        "--model.channel_multipliers",
+        "[1, 2]",
+    ]
+    overrides += ["--resume_from_checkpoint", "latest", "--train.stop_after_steps", "none"]
+    cfg = parse_config(Stage1RunConfig, ["--config", str(CONFIGS / "stage1_tiny.yaml"), *overrides])
     assert cfg.train.learning_rate == 1e-4 and cfg.train.max_steps == 7
     assert cfg.model.channel_multipliers == [1, 2] and cfg.model.grid_size == 16
     assert cfg.train.resume_from_checkpoint == "latest" and cfg.train.stop_after_steps is None

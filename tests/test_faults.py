@@ -2,7 +2,7 @@
 
 SIGTERM (preemption), SIGKILL at a random moment and at fixed places inside checkpoint writing,
 non-finite losses, bad configuration, and interrupted pre-encoding. Faults at fixed places are injected
-with the ``MINIDALLE_FAULTS`` test hook (see ``minidalle.training.fault_active``).
+with the ``MINIDALLE_FAULTS`` test hook (see ``minidalle.faults.fault_active``).
 """
 
 from __future__ import annotations
@@ -14,21 +14,21 @@ import datasets
 import pytest
 import torch
 
+from minidalle.checkpoints import holds_run, list_checkpoints, resolve_resume
 from minidalle.shapes import build_builtin_dataset
-from minidalle.training import holds_run, list_checkpoints, resolve_resume
 from stage1_vqvae.config import VQVAEConfig
 from stage1_vqvae.model import VQVAE
+from tests.conftest import flags
 from tests.procs import assert_same_weights, marker, run, start, wait_for, weights
 
 STAGE1 = "stage1_vqvae/train.py"
 STAGE2 = "stage2_transformer/train.py"
-TINY = [
-    "--config", "configs/stage1_tiny.yaml", "--data.builtin_train_size", "256", "--data.builtin_eval_size", "32",
-    "--model.base_channels", "8", "--model.codebook_size", "32", "--train.batch_size", "8",
-    "--train.warmup_steps", "2", "--train.log_every", "2", "--train.eval_every", "0", "--train.image_every", "0",
-    "--train.report_to", "none", "--codebook.kmeans_batches", "1", "--codebook.restart_every", "2",
-    "--num_eval_images", "32",
-]  # fmt: skip
+TINY = flags(
+    "--config configs/stage1_tiny.yaml --data.builtin_train_size 256 --data.builtin_eval_size 32 "
+    "--model.base_channels 8 --model.codebook_size 32 --train.batch_size 8 --train.warmup_steps 2 "
+    "--train.log_every 2 --train.eval_every 0 --train.image_every 0 --train.report_to none "
+    "--codebook.kmeans_batches 1 --codebook.restart_every 2 --num_eval_images 32"
+)
 LONG = 60  # steps of a run that is signalled while it trains (about 3 s of training)
 
 
@@ -41,8 +41,8 @@ def reference(tmp_path_factory, shapes_cache):
     """Uninterrupted runs that the interrupted ones must reproduce exactly: 8 and LONG steps."""
     root = tmp_path_factory.mktemp("reference")
     for steps in (8, LONG):
-        run(STAGE1, *tiny(shapes_cache, root / str(steps), "--train.max_steps", str(steps),
-                          "--train.checkpoint_every", "0"))  # fmt: skip
+        uninterrupted = flags(f"--train.max_steps {steps} --train.checkpoint_every 0")
+        run(STAGE1, *tiny(shapes_cache, root / str(steps), *uninterrupted))
     return root
 
 
@@ -71,8 +71,8 @@ def test_sigterm_checkpoints_exits_zero_and_resumes_exactly(tmp_path, shapes_cac
 def test_sigkill_at_a_random_moment_resumes_exactly(tmp_path, shapes_cache, reference):
     """Checkpoints at every step, so the kill most likely lands while one is being written."""
     out = tmp_path / "run"
-    args = tiny(shapes_cache, out, "--train.max_steps", str(LONG), "--train.checkpoint_every", "1",
-                "--train.checkpoints_total_limit", "2")  # fmt: skip
+    every_step = flags("--train.checkpoint_every 1 --train.checkpoints_total_limit 2")
+    args = tiny(shapes_cache, out, "--train.max_steps", str(LONG), *every_step)
     job = start(STAGE1, *args, log=tmp_path / "log.txt")
     wait_for(lambda: len(list_checkpoints(out)) >= 2, job, what="two checkpoints")
     job.send_signal(signal.SIGKILL)
@@ -88,8 +88,8 @@ def test_sigkill_at_a_random_moment_resumes_exactly(tmp_path, shapes_cache, refe
 def test_sigkill_while_writing_a_checkpoint(tmp_path, shapes_cache, reference, place):
     """Killed inside the write of checkpoint-6: it is never loaded and checkpoint-4 (limit 1) survives."""
     out = tmp_path / "run"
-    args = tiny(shapes_cache, out, "--train.max_steps", "8", "--train.checkpoint_every", "2",
-                "--train.checkpoints_total_limit", "1")  # fmt: skip
+    keep_one = flags("--train.max_steps 8 --train.checkpoint_every 2 --train.checkpoints_total_limit 1")
+    args = tiny(shapes_cache, out, *keep_one)
     result = run(STAGE1, *args, env={"MINIDALLE_FAULTS": f"{place}@6"}, expect_ok=False)
     assert result.returncode == -signal.SIGKILL
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-4", "checkpoint-6.tmp"]
@@ -104,8 +104,8 @@ def test_sigkill_while_writing_a_checkpoint(tmp_path, shapes_cache, reference, p
 
 def test_nonfinite_steps_are_skipped_and_counted(tmp_path, shapes_cache):
     out = tmp_path / "run"
-    run(STAGE1, *tiny(shapes_cache, out, "--train.max_steps", "6", "--train.checkpoint_every", "0"),
-        env={"MINIDALLE_FAULTS": "nan_loss@3"})  # fmt: skip
+    args = tiny(shapes_cache, out, "--train.max_steps", "6", "--train.checkpoint_every", "0")
+    run(STAGE1, *args, env={"MINIDALLE_FAULTS": "nan_loss@3"})
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     skipped = {m["step"]: m["train/skipped_steps"] for m in metrics if "train/skipped_steps" in m}
     assert skipped == {2: 0, 4: 1, 6: 1}
@@ -170,8 +170,8 @@ def test_bad_configuration_fails_before_any_work(tmp_path, shapes_cache, extra, 
 
 def test_a_failed_start_does_not_block_the_next_but_a_real_run_does(tmp_path, shapes_cache):
     out = tmp_path / "run"
-    result = run(STAGE1, *tiny(shapes_cache, out, "--train.max_steps", "2", "--train.batch_size", "512"),
-                 expect_ok=False)  # fmt: skip
+    too_big = tiny(shapes_cache, out, "--train.max_steps", "2", "--train.batch_size", "512")
+    result = run(STAGE1, *too_big, expect_ok=False)
     assert result.returncode != 0
     run(STAGE1, *tiny(shapes_cache, out, "--train.max_steps", "2"))  # same folder, fixed config
     result = run(STAGE1, *tiny(shapes_cache, out, "--train.max_steps", "2"), expect_ok=False)
@@ -186,14 +186,14 @@ def stage2_tiny(tmp_path, cache, out, *extra):
     if not vqvae.is_dir():
         torch.manual_seed(0)
         VQVAE(VQVAEConfig(resolution=32, base_channels=8, codebook_size=32)).save_pretrained(vqvae)
-    return [
-        "--config", "configs/stage2_tiny.yaml", "--vqvae", str(vqvae), "--data.builtin_cache_dir", str(cache),
-        "--data.builtin_train_size", "256", "--data.builtin_eval_size", "32", "--codes.cache_dir",
-        str(tmp_path / "codes"), "--tokenizer.vocab_size", "300", "--model.hidden_size", "32",
-        "--model.num_layers", "2", "--model.num_heads", "2", "--train.output_dir", str(out),
-        "--train.batch_size", "8", "--train.log_every", "2", "--train.eval_every", "0", "--train.image_every", "0",
-        "--train.report_to", "none", "--num_eval_examples", "32", *extra,
-    ]  # fmt: skip
+    settings = flags(
+        "--config configs/stage2_tiny.yaml --data.builtin_train_size 256 --data.builtin_eval_size 32 "
+        "--tokenizer.vocab_size 300 --model.hidden_size 32 --model.num_layers 2 --model.num_heads 2 "
+        "--train.batch_size 8 --train.log_every 2 --train.eval_every 0 --train.image_every 0 "
+        "--train.report_to none --num_eval_examples 32"
+    )
+    paths = ["--vqvae", vqvae, "--data.builtin_cache_dir", cache, "--codes.cache_dir", tmp_path / "codes"]
+    return [*settings, *map(str, paths), "--train.output_dir", str(out), *extra]
 
 
 def test_interrupted_precompute_reruns_without_duplicated_or_missing_rows(tmp_path, shapes_cache):

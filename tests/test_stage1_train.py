@@ -12,27 +12,25 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from stage1_vqvae.model import VQVAE
-from tests.conftest import launch, read_metrics
+from tests.conftest import flags, launch, read_metrics
 
-TINY = [
-    "--config", "configs/stage1_tiny.yaml",
-    "--data.builtin_train_size", "256", "--data.builtin_eval_size", "32",
-    "--model.base_channels", "8", "--model.codebook_size", "32",
-    "--train.batch_size", "8", "--train.warmup_steps", "2", "--train.log_every", "2",
-    "--train.eval_every", "4", "--train.image_every", "4", "--train.checkpoint_every", "4",
-    "--train.report_to", "tensorboard", "--codebook.restart_every", "2", "--codebook.kmeans_batches", "1",
-    "--num_eval_images", "32",
-]  # fmt: skip
+TRAIN = "stage1_vqvae/train.py"
+TINY = flags(
+    "--config configs/stage1_tiny.yaml --data.builtin_train_size 256 --data.builtin_eval_size 32 "
+    "--model.base_channels 8 --model.codebook_size 32 --train.batch_size 8 --train.warmup_steps 2 "
+    "--train.log_every 2 --train.eval_every 4 --train.image_every 4 --train.checkpoint_every 4 "
+    "--train.report_to tensorboard --codebook.restart_every 2 --codebook.kmeans_batches 1 --num_eval_images 32"
+)
 
 
-def tiny_args(cache, out, *extra):
-    return [*TINY, "--data.builtin_cache_dir", str(cache), "--train.output_dir", str(out), *extra]
+def tiny_args(cache, out, extra: str = ""):
+    """The tiny run's flags, its two folders, then ``extra`` (flags and values separated by spaces)."""
+    return [*TINY, "--data.builtin_cache_dir", str(cache), "--train.output_dir", str(out), *flags(extra)]
 
 
 def test_train_writes_checkpoints_grids_logs_and_model(tmp_path, shapes_cache):
     out = tmp_path / "run"
-    launch("stage1_vqvae/train.py", *tiny_args(shapes_cache, out, "--train.max_steps", "12",
-                                               "--train.learning_rate", "3e-3"))  # fmt: skip
+    launch(TRAIN, *tiny_args(shapes_cache, out, "--train.max_steps 12 --train.learning_rate 3e-3"))
     # the exported model loads and tokenizes images
     model = VQVAE.from_pretrained(out / "vqvae")
     assert model.encode(torch.zeros(1, 3, 32, 32)).shape == (1, 8, 8)
@@ -55,9 +53,10 @@ def test_train_writes_checkpoints_grids_logs_and_model(tmp_path, shapes_cache):
     # the evaluation command reports on the held-out split and writes JSON
     from stage1_vqvae.evaluate import main as evaluate
 
-    report = evaluate(["--config", "configs/stage1_tiny.yaml", "--model", str(out / "vqvae"),
-                       "--data.builtin_cache_dir", str(shapes_cache), "--data.builtin_train_size", "256",
-                       "--data.builtin_eval_size", "32", "--output_json", str(tmp_path / "eval.json")])  # fmt: skip
+    paths = ["--model", str(out / "vqvae"), "--data.builtin_cache_dir", str(shapes_cache)]
+    paths += ["--output_json", str(tmp_path / "eval.json")]
+    sizes = flags("--data.builtin_train_size 256 --data.builtin_eval_size 32")
+    report = evaluate(["--config", "configs/stage1_tiny.yaml", *paths, *sizes])
     assert report["images"] == 32 and report["psnr_db"] == pytest.approx(evals[-1]["eval/psnr_db"], abs=1e-3)
     assert (
         json.loads((tmp_path / "eval.json").read_text())["codebook_usage_pct"] == report["codebook_usage_pct"]
@@ -66,13 +65,11 @@ def test_train_writes_checkpoints_grids_logs_and_model(tmp_path, shapes_cache):
 
 def test_resume_continues_exactly(tmp_path, shapes_cache):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    launch("stage1_vqvae/train.py", *tiny_args(shapes_cache, straight, "--train.max_steps", "8",
-                                               "--train.checkpoint_every", "0"))  # fmt: skip
-    launch("stage1_vqvae/train.py", *tiny_args(shapes_cache, resumed, "--train.max_steps", "8",
-                                               "--train.checkpoint_every", "0", "--train.stop_after_steps", "4"))  # fmt: skip
+    eight_steps = "--train.max_steps 8 --train.checkpoint_every 0"
+    launch(TRAIN, *tiny_args(shapes_cache, straight, eight_steps))
+    launch(TRAIN, *tiny_args(shapes_cache, resumed, f"{eight_steps} --train.stop_after_steps 4"))
     assert not (resumed / "vqvae").exists()  # stopped early: no final export yet
-    launch("stage1_vqvae/train.py", *tiny_args(shapes_cache, resumed, "--train.max_steps", "8",
-                                               "--train.checkpoint_every", "0", "--resume_from_checkpoint", "latest"))  # fmt: skip
+    launch(TRAIN, *tiny_args(shapes_cache, resumed, f"{eight_steps} --resume_from_checkpoint latest"))
     a = load_file(str(straight / "vqvae" / "model.safetensors"))
     b = load_file(str(resumed / "vqvae" / "model.safetensors"))
     assert a.keys() == b.keys()
@@ -82,19 +79,15 @@ def test_resume_continues_exactly(tmp_path, shapes_cache):
 
 def test_refuses_to_overwrite_another_run(tmp_path, shapes_cache):
     out = tmp_path / "run"
-    launch("stage1_vqvae/train.py", *tiny_args(shapes_cache, out, "--train.max_steps", "2"))
-    result = launch(
-        "stage1_vqvae/train.py", *tiny_args(shapes_cache, out, "--train.max_steps", "2"), expect_ok=False
-    )
+    launch(TRAIN, *tiny_args(shapes_cache, out, "--train.max_steps 2"))
+    result = launch(TRAIN, *tiny_args(shapes_cache, out, "--train.max_steps 2"), expect_ok=False)
     assert result.returncode != 0 and "already holds a run" in result.stderr
     assert (out / "vqvae" / "model.safetensors").is_file()  # nothing already done was lost
 
 
 def test_unknown_config_key_fails_before_work(tmp_path, shapes_cache):
     out = tmp_path / "run"
-    result = launch(
-        "stage1_vqvae/train.py", *tiny_args(shapes_cache, out, "--train.learnig_rate", "1"), expect_ok=False
-    )
+    result = launch(TRAIN, *tiny_args(shapes_cache, out, "--train.learnig_rate 1"), expect_ok=False)
     assert result.returncode != 0 and "learning_rate" in result.stderr
     assert not out.exists()
 
@@ -132,6 +125,7 @@ def _odd_images_folder(folder):
 
 def test_odd_modes_and_corrupt_images_are_handled(tmp_path):
     from minidalle.data import (
+        SKIPPED,
         DataConfig,
         ImageCaptionDataset,
         check_usable,
@@ -150,8 +144,10 @@ def test_odd_modes_and_corrupt_images_are_handled(tmp_path):
     for item in good:
         assert item["pixels"].shape == (3, 16, 16)
         assert item["pixels"].min() >= -1 and item["pixels"].max() <= 1
+    skipped_before = SKIPPED.count
     batch = collate_image_captions(items)
-    assert batch["pixels"].shape == (8, 3, 16, 16) and batch["num_skipped"] == 2
+    assert batch["pixels"].shape == (8, 3, 16, 16) and len(batch["text"]) == 8
+    assert SKIPPED.count == skipped_before + 2  # the unreadable images are dropped and counted
     check_usable(dataset)
 
 
@@ -161,11 +157,13 @@ def test_training_skips_corrupt_images_and_reports_them(tmp_path):
     lines = (folder / "metadata.jsonl").read_text().splitlines() * 3
     (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
     out = tmp_path / "run"
-    result = launch("stage1_vqvae/train.py", "--config", "configs/stage1_tiny.yaml", "--data.source", "imagefolder",
-                    "--data.path", str(folder), "--data.resolution", "16", "--model.base_channels", "8",
-                    "--model.codebook_size", "16", "--train.batch_size", "4", "--train.max_steps", "6",
-                    "--train.output_dir", str(out), "--train.eval_every", "0", "--train.report_to", "none",
-                    "--codebook.kmeans_batches", "1")  # fmt: skip
+    settings = flags(
+        "--config configs/stage1_tiny.yaml --data.source imagefolder --data.resolution 16 --model.base_channels 8 "
+        "--model.codebook_size 16 --train.batch_size 4 --train.max_steps 6 --train.eval_every 0 "
+        "--train.report_to none --codebook.kmeans_batches 1"
+    )
+    paths = ["--data.path", str(folder), "--train.output_dir", str(out)]
+    result = launch(TRAIN, *settings, *paths)
     assert (out / "vqvae" / "model.safetensors").is_file()
     assert "Skipping unreadable image" in result.stderr and "corrupt.png" in result.stderr
 

@@ -16,7 +16,7 @@ from stage1_vqvae.model import VQVAE
 from stage2_transformer.layout import SequenceLayout
 from stage2_transformer.model import load_transformer
 from stage2_transformer.tokenizer import load_caption_tokenizer
-from tests.conftest import launch, read_metrics
+from tests.conftest import flags, launch, read_metrics
 
 
 def save_vqvae(folder, seed: int = 0, codebook_size: int = 32):
@@ -33,23 +33,25 @@ def vqvae_dir(tmp_path_factory):
     return save_vqvae(tmp_path_factory.mktemp("stage1") / "vqvae")
 
 
-def tiny_args(vqvae, cache, codes, out, *extra):
-    return [
-        "--config", "configs/stage2_tiny.yaml", "--vqvae", str(vqvae),
-        "--data.builtin_cache_dir", str(cache), "--data.builtin_train_size", "256", "--data.builtin_eval_size", "32",
-        "--codes.cache_dir", str(codes), "--tokenizer.vocab_size", "300",
-        "--model.hidden_size", "32", "--model.num_layers", "2", "--model.num_heads", "2",
-        "--train.output_dir", str(out), "--train.batch_size", "8", "--train.warmup_steps", "2",
-        "--train.log_every", "2", "--train.eval_every", "4", "--train.image_every", "4",
-        "--train.checkpoint_every", "4", "--train.learning_rate", "3e-3",
-        "--sampling.num_captions", "2", "--sampling.images_per_caption", "2", "--num_eval_examples", "32", *extra,
-    ]  # fmt: skip
+TRAIN = "stage2_transformer/train.py"
+TINY = flags(
+    "--config configs/stage2_tiny.yaml --data.builtin_train_size 256 --data.builtin_eval_size 32 "
+    "--tokenizer.vocab_size 300 --model.hidden_size 32 --model.num_layers 2 --model.num_heads 2 "
+    "--train.batch_size 8 --train.warmup_steps 2 --train.log_every 2 --train.eval_every 4 --train.image_every 4 "
+    "--train.checkpoint_every 4 --train.learning_rate 3e-3 --sampling.num_captions 2 "
+    "--sampling.images_per_caption 2 --num_eval_examples 32"
+)
+
+
+def tiny_args(vqvae, cache, codes, out, extra: str = ""):
+    """The tiny run's flags, its folders, then ``extra`` (flags and values separated by spaces)."""
+    paths = ["--vqvae", vqvae, "--data.builtin_cache_dir", cache, "--codes.cache_dir", codes]
+    return [*TINY, *map(str, paths), "--train.output_dir", str(out), *flags(extra)]
 
 
 def test_train_writes_checkpoints_samples_and_model(tmp_path, vqvae_dir, shapes_cache):
     out = tmp_path / "run"
-    launch("stage2_transformer/train.py", *tiny_args(vqvae_dir, shapes_cache, tmp_path / "codes", out,
-                                                     "--train.max_steps", "12"))  # fmt: skip
+    launch(TRAIN, *tiny_args(vqvae_dir, shapes_cache, tmp_path / "codes", out, "--train.max_steps 12"))
     # exported model with its layout, and the tokenizer
     model, layout = load_transformer(out / "transformer")
     tokenizer = load_caption_tokenizer(out / "tokenizer")
@@ -80,9 +82,9 @@ def test_train_writes_checkpoints_samples_and_model(tmp_path, vqvae_dir, shapes_
     # the evaluation command: bits per image with and without the caption, and checker scores of samples
     from stage2_transformer.evaluate import main as evaluate
 
-    report = evaluate(["--config", "configs/stage2_tiny.yaml", "--run", str(out), "--data.builtin_cache_dir",
-                       str(shapes_cache), "--data.builtin_train_size", "256", "--data.builtin_eval_size", "32",
-                       "--codes.cache_dir", str(tmp_path / "codes"), "--num_samples", "4"])  # fmt: skip
+    paths = ["--run", out, "--data.builtin_cache_dir", shapes_cache, "--codes.cache_dir", tmp_path / "codes"]
+    settings = flags("--data.builtin_train_size 256 --data.builtin_eval_size 32 --num_samples 4")
+    report = evaluate(["--config", "configs/stage2_tiny.yaml", *map(str, paths), *settings])
     saved = json.loads((out / "eval_metrics.json").read_text())
     assert (
         saved == report
@@ -96,21 +98,11 @@ def test_train_writes_checkpoints_samples_and_model(tmp_path, vqvae_dir, shapes_
 def test_resume_continues_exactly(tmp_path, vqvae_dir, shapes_cache):
     codes = tmp_path / "codes"
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    common = [
-        "--train.max_steps",
-        "8",
-        "--train.checkpoint_every",
-        "0",
-        "--train.image_every",
-        "0",
-        "--train.eval_every",
-        "0",
-    ]
-    launch("stage2_transformer/train.py", *tiny_args(vqvae_dir, shapes_cache, codes, straight, *common))
-    launch("stage2_transformer/train.py", *tiny_args(vqvae_dir, shapes_cache, codes, resumed, *common,
-                                                     "--train.stop_after_steps", "3"))  # fmt: skip
-    result = launch("stage2_transformer/train.py", *tiny_args(vqvae_dir, shapes_cache, codes, resumed, *common,
-                                                              "--resume_from_checkpoint", "latest"))  # fmt: skip
+    common = "--train.max_steps 8 --train.checkpoint_every 0 --train.image_every 0 --train.eval_every 0"
+    launch(TRAIN, *tiny_args(vqvae_dir, shapes_cache, codes, straight, common))
+    launch(TRAIN, *tiny_args(vqvae_dir, shapes_cache, codes, resumed, f"{common} --train.stop_after_steps 3"))
+    resume = f"{common} --resume_from_checkpoint latest"
+    result = launch(TRAIN, *tiny_args(vqvae_dir, shapes_cache, codes, resumed, resume))
     assert "Reusing pre-encoded train codes" in result.stderr  # the second run did not re-encode
     a = load_file(str(straight / "transformer" / "model.safetensors"))
     b = load_file(str(resumed / "transformer" / "model.safetensors"))
@@ -122,24 +114,25 @@ def test_resume_continues_exactly(tmp_path, vqvae_dir, shapes_cache):
 def test_mismatched_stage1_model_fails_clearly(tmp_path, vqvae_dir, shapes_cache):
     codes = tmp_path / "codes"
     out = tmp_path / "run"
-    launch("stage2_transformer/train.py", *tiny_args(vqvae_dir, shapes_cache, codes, out, "--train.max_steps", "2",
-                                                     "--train.image_every", "0", "--train.eval_every", "0"))  # fmt: skip
+    two_steps = "--train.max_steps 2 --train.image_every 0 --train.eval_every 0"
+    launch(TRAIN, *tiny_args(vqvae_dir, shapes_cache, codes, out, two_steps))
     other = save_vqvae(tmp_path / "other_vqvae", seed=1, codebook_size=64)
     # resuming the run with another stage-1 model
-    result = launch("stage2_transformer/train.py", *tiny_args(other, shapes_cache, codes, out, "--train.max_steps", "4",
-                                                              "--resume_from_checkpoint", "latest"), expect_ok=False)  # fmt: skip
+    resume = "--train.max_steps 4 --resume_from_checkpoint latest"
+    result = launch(TRAIN, *tiny_args(other, shapes_cache, codes, out, resume), expect_ok=False)
     assert result.returncode != 0
     assert "was trained on codes from the stage-1 model" in result.stderr
     # training a new run on codes made by another stage-1 model (same codebook size, other weights)
     same_size = save_vqvae(tmp_path / "same_size", seed=2, codebook_size=32)
     stored = next(codes.glob("train-*"))
-    result = launch("stage2_transformer/train.py", *tiny_args(same_size, shapes_cache, codes, tmp_path / "new",
-                                                              "--train.max_steps", "2", "--codes.train_path", str(stored)),
-                    expect_ok=False)  # fmt: skip
+    given_codes = ["--train.max_steps", "2", "--codes.train_path", str(stored)]
+    result = launch(
+        TRAIN, *tiny_args(same_size, shapes_cache, codes, tmp_path / "new"), *given_codes, expect_ok=False
+    )
     assert result.returncode != 0 and "were made by another stage-1 model" in result.stderr
-    result = launch("stage2_transformer/train.py", *tiny_args(other, shapes_cache, codes, tmp_path / "new2",
-                                                              "--train.max_steps", "2", "--codes.train_path", str(stored)),
-                    expect_ok=False)  # fmt: skip
+    result = launch(
+        TRAIN, *tiny_args(other, shapes_cache, codes, tmp_path / "new2"), *given_codes, expect_ok=False
+    )
     assert (
         result.returncode != 0
         and "use a codebook of 32 entries, but the stage-1 model has 64" in result.stderr
@@ -147,9 +140,7 @@ def test_mismatched_stage1_model_fails_clearly(tmp_path, vqvae_dir, shapes_cache
     # A launch that failed before training left a record and a tokenizer but no run: the folder takes a
     # fresh start with another stage-1 model (no "was trained on codes from" refusal, no stale tokenizer).
     assert (tmp_path / "new2" / "stage1.json").is_file() and (tmp_path / "new2" / "tokenizer").is_dir()
-    launch("stage2_transformer/train.py", *tiny_args(same_size, shapes_cache, codes, tmp_path / "new2",
-                                                     "--train.max_steps", "2", "--train.image_every", "0",
-                                                     "--train.eval_every", "0"))  # fmt: skip
+    launch(TRAIN, *tiny_args(same_size, shapes_cache, codes, tmp_path / "new2", two_steps))
     record = json.loads((tmp_path / "new2" / "stage1.json").read_text())
     assert record["fingerprint"] == model_fingerprint(same_size) and record["codebook_size"] == 32
     assert record["absolute_path"] == str(Path(same_size).resolve())
@@ -168,9 +159,8 @@ def test_caption_dropout_rate():
 
 def test_caption_dropout_happens_in_training(tmp_path, vqvae_dir, shapes_cache):
     out = tmp_path / "run"
-    launch("stage2_transformer/train.py", *tiny_args(vqvae_dir, shapes_cache, tmp_path / "codes", out,
-                                                     "--train.max_steps", "20", "--loss.caption_dropout", "0.5",
-                                                     "--train.image_every", "0", "--train.eval_every", "0",
-                                                     "--train.batch_size", "16"))  # fmt: skip
+    settings = "--train.max_steps 20 --train.batch_size 16 --loss.caption_dropout 0.5"
+    settings += " --train.image_every 0 --train.eval_every 0"
+    launch(TRAIN, *tiny_args(vqvae_dir, shapes_cache, tmp_path / "codes", out, settings))
     rates = [m["train/caption_dropout"] for m in read_metrics(out) if "train/caption_dropout" in m]
     assert abs(sum(rates) / len(rates) - 0.5) < 0.1  # 320 draws

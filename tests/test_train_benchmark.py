@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 
+from tests.conftest import flags
 from tests.procs import ROOT
 
 
@@ -15,8 +16,8 @@ def test_train_throughput_benchmark_runs_and_writes_json(tmp_path, capsys):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "throughput.json"
-    report = bench.main(["--stages", "2", "--sizes", "tiny", "--steps", "1", "--warmup", "0", "--threads", "1",
-                         "--device", "cpu", "--out", str(out)])  # fmt: skip
+    settings = flags("--stages 2 --sizes tiny --steps 1 --warmup 0 --threads 1 --device cpu")
+    report = bench.main([*settings, "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
     (row,) = report["results"]
     assert row["unit"] == "tokens/s" and row["throughput"] > 0 and row["peak_memory_mb"] > 0

@@ -1,0 +1,88 @@
+"""The training settings both stages share (``train:`` in the YAML configs) and the LR schedule."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "outputs/run"
+    max_steps: int = 1000  # optimizer steps
+    batch_size: int = 32  # per process, per micro-step
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 3e-4
+    min_lr_ratio: float = 0.1  # cosine decays to learning_rate * min_lr_ratio
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.99
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "no"  # "no", "bf16" or "fp16"
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 250
+    image_every: int = 250  # reconstruction/sample grids
+    checkpoint_every: int = 250
+    checkpoints_total_limit: int = 3
+    resume_from_checkpoint: str | None = None  # None, "latest", or a checkpoint folder
+    # End this launch after this step with a checkpoint (e.g. to fit a job's time limit); the LR
+    # schedule still follows max_steps, and --resume_from_checkpoint latest continues the run.
+    stop_after_steps: int | None = None
+    max_nonfinite_steps: int = 10  # stop after this many non-finite steps in a row
+    report_to: str = "tensorboard"  # "tensorboard" or "none"
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.max_steps >= 1, "train.max_steps must be >= 1"),
+            (self.batch_size >= 1, "train.batch_size must be >= 1"),
+            (self.gradient_accumulation_steps >= 1, "train.gradient_accumulation_steps must be >= 1"),
+            (self.learning_rate > 0, "train.learning_rate must be > 0"),
+            (0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio must lie in [0, 1]"),
+            (self.warmup_steps >= 0, "train.warmup_steps must be >= 0"),
+            (self.weight_decay >= 0, "train.weight_decay must be >= 0"),
+            (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, "train.adam_beta1/2 must lie in [0, 1)"),
+            (self.max_grad_norm >= 0, "train.max_grad_norm must be >= 0 (0 disables clipping)"),
+            (
+                self.mixed_precision in ("no", "bf16", "fp16"),
+                "train.mixed_precision must be no, bf16 or fp16",
+            ),
+            (self.log_every >= 1, "train.log_every must be >= 1"),
+            (self.eval_every >= 0, "train.eval_every must be >= 0 (0 disables)"),
+            (self.image_every >= 0, "train.image_every must be >= 0 (0 disables)"),
+            (self.checkpoint_every >= 0, "train.checkpoint_every must be >= 0 (0: only at the end)"),
+            (self.checkpoints_total_limit >= 1, "train.checkpoints_total_limit must be >= 1"),
+            (self.max_nonfinite_steps >= 1, "train.max_nonfinite_steps must be >= 1"),
+            (self.report_to in ("tensorboard", "none"), "train.report_to must be tensorboard or none"),
+            (
+                self.stop_after_steps is None or self.stop_after_steps >= 1,
+                "train.stop_after_steps must be >= 1",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+def cosine_with_warmup(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup to ``learning_rate``, then a cosine down to ``learning_rate * min_lr_ratio``.
+
+    Kept by hand: transformers' ``get_cosine_with_min_lr_schedule_with_warmup`` starts warmup at LR 0
+    (step / W) where this starts at lr / (W + 1) ((step + 1) / (W + 1)); the same after warmup, but
+    switching would change every trained model and figure reported so far.
+    """
+    warmup, total, floor = cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
