@@ -21,13 +21,13 @@ from accelerate.utils import DistributedType, gather_object
 
 from minidalle import data as data_lib
 from minidalle import streaming
+from minidalle.checker import attributes_right
 from minidalle.checkpoints import read_marker
 from minidalle.config import ConfigError, parse_config
 from minidalle.distributed import gather_rows, unwrap
 from minidalle.images import reconstruction_grid, to_chw_uint8
 from minidalle.metrics_log import device_memory_metrics, format_metrics
 from minidalle.pixels import tensor_to_pil
-from minidalle.shapes import attributes_right
 from minidalle.trainer import TrainingRun, step_generator
 from stage1_vqvae.evaluation import evaluate_reconstruction
 from stage1_vqvae.model import VQVAE, psnr

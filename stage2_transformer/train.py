@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from minidalle import data as data_lib
+from minidalle.checker import score_images
 from minidalle.checkpoints import holds_run
 from minidalle.config import parse_config
 from minidalle.distributed import main_process_model, unwrap
@@ -28,7 +29,7 @@ from minidalle.images import captioned_grid, to_chw_uint8
 from minidalle.metrics_log import device_memory_metrics, format_metrics
 from minidalle.trainer import TrainingRun, step_generator
 from stage1_vqvae.model import VQVAE
-from stage2_transformer.evaluation import evaluate_prior, sample_images, score_samples
+from stage2_transformer.evaluation import evaluate_prior, sample_images
 from stage2_transformer.layout import SequenceLayout
 from stage2_transformer.loss import weighted_lm_loss
 from stage2_transformer.model import build_transformer, count_parameters, save_transformer
@@ -98,7 +99,7 @@ def log_samples(run: TrainingRun, model, layout, vqvae, tokenizer, captions, cfg
             tracker.writer.add_text("sample_captions", "\n\n".join(repeated), run.step)
     if cfg.data.source != "builtin":
         return {}
-    scores = score_samples(images, repeated)
+    scores = score_images(images, repeated)
     run.log("samples", scores)
     return scores
 

@@ -49,7 +49,7 @@ def test_train_writes_checkpoints_grids_logs_and_model(tmp_path, shapes_cache):
     assert train_mse[-1] < 0.5 * train_mse[0]
     evals = [m for m in metrics if "eval/psnr_db" in m]
     assert evals and all(0 < m["eval/codebook_usage_pct"] <= 100 for m in evals)
-    assert "eval/checker_readings_pct" in evals[-1]
+    assert "eval/attributes_pct" in evals[-1]
     # the evaluation command reports on the held-out split and writes JSON
     from stage1_vqvae.evaluate import main as evaluate
 
