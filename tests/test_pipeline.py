@@ -564,6 +564,10 @@ def test_sampling_speed_benchmark_runs_and_writes_json(model_dir, tmp_path, caps
             "2",
             "--repeats",
             "1",
+            "--methods",  # not hf-static-compile: compiling each batch shape takes ~30 s on a CPU
+            "recompute",
+            "hf-cache",
+            "kv-cache",
             "--device",
             "cpu",
             "--out",
