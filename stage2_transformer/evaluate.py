@@ -125,18 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
                 metrics[f"samples_{name}_cfg{scale:g}"] = scores[name]
         metrics["samples_per_setting"] = len(captions)
     if cfg.heldout_style:
-        scores, samples = score_heldout_styles(
-            model,
-            layout,
-            vqvae,
-            tokenizer,
-            eval_hf,
-            train_hf,
-            sampling=cfg.sampling,
-            seed=cfg.seed,
-            max_captions=cfg.num_samples,
-            diversity_captions=cfg.diversity_captions,
-        )
+        scores, samples = score_heldout_styles(model, layout, vqvae, tokenizer, eval_hf, train_hf, cfg)
         metrics.update(scores)
         metrics["bits_ratio_caption_to_empty"] = (
             metrics["bits_per_image"] / metrics["bits_per_image_empty_caption"]

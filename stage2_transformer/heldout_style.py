@@ -83,45 +83,38 @@ def other_style_images(heldout_rows, train_rows) -> list:
 
 
 def score_heldout_styles(
-    model,
-    layout,
-    vqvae,
-    tokenizer,
-    eval_hf,
-    train_hf,
-    *,
-    sampling,
-    seed: int,
-    max_captions: int,
-    diversity_captions: int,
-    diversity_samples: int = 4,
+    model, layout, vqvae, tokenizer, eval_hf, train_hf, cfg, diversity_samples: int = 4
 ) -> tuple[dict[str, float], list[Image.Image]]:
-    """Sample the held-out captions, score them; returns the metrics and the samples (PIL, one per caption)."""
+    """Sample the held-out captions, score them; returns the metrics and the samples (PIL, one per caption).
+
+    ``cfg`` is the evaluate command's config: ``sampling``, ``seed``, ``num_samples`` (captions scored)
+    and ``diversity_captions`` (captions sampled ``diversity_samples`` times each).
+    """
     for column in ("unified", "style"):
         if column not in eval_hf.column_names:
             raise ValueError(
                 f"The eval split has no {column!r} column: --heldout_style needs data built by "
                 "minidalle.emoji_data (bash scripts/get_emoji.sh)."
             )
-    heldout_rows = list(eval_hf.select(range(min(max_captions, len(eval_hf)))))
+    heldout_rows = list(eval_hf.select(range(min(cfg.num_samples, len(eval_hf)))))
     resolution = vqvae.config.resolution
     truths = torch.stack([preprocess(row["image"], resolution) for row in heldout_rows])  # (n, 3, H, W)
     train_rows = train_hf.select_columns(["image", "unified", "style"])
     others = torch.stack([preprocess(v, resolution) for v in other_style_images(heldout_rows, train_rows)])
     captions = [row["text"] for row in heldout_rows]
     settings = dict(
-        guidance_scale=sampling.guidance_scale,
-        temperature=sampling.temperature,
-        top_k=sampling.top_k,
-        top_p=sampling.top_p,
+        guidance_scale=cfg.sampling.guidance_scale,
+        temperature=cfg.sampling.temperature,
+        top_k=cfg.sampling.top_k,
+        top_p=cfg.sampling.top_p,
     )
-    samples = sample_images(model, layout, vqvae, tokenizer, captions, seed=seed, **settings)
+    samples = sample_images(model, layout, vqvae, tokenizer, captions, seed=cfg.seed, **settings)
     sample_pixels = torch.stack([pil_to_tensor(image) for image in samples])  # (n, 3, H, W)
     metrics = style_and_retrieval_scores(sample_pixels, truths, others)
-    repeated = [c for c in captions[:diversity_captions] for _ in range(diversity_samples)]
-    if diversity_captions > 0 and diversity_samples > 1:
+    if cfg.diversity_captions > 0 and diversity_samples > 1:
+        repeated = [c for c in captions[: cfg.diversity_captions] for _ in range(diversity_samples)]
         groups = sample_images(
-            model, layout, vqvae, tokenizer, repeated, seed=seed + len(captions), **settings
+            model, layout, vqvae, tokenizer, repeated, seed=cfg.seed + len(captions), **settings
         )
         grouped = torch.stack([pil_to_tensor(image) for image in groups]).unflatten(
             0, (-1, diversity_samples)
@@ -134,7 +127,7 @@ def score_heldout_styles(
 
 
 def heldout_grid(samples: list[Image.Image], eval_hf, count: int, columns: int = 8) -> Image.Image:
-    """Held-out samples, each beside its true image: pairs of tiles captioned 'sample: ...' / 'true: ...'."""
+    """Held-out samples, each beside its true image: tiles captioned 'sample: <caption>' and 'true'."""
     tiles, captions = [], []
     for sample, row in zip(samples[:count], eval_hf.select(range(min(count, len(samples))))):
         tiles += [sample, tensor_to_pil(preprocess(row["image"], sample.width))[0]]
