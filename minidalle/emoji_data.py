@@ -146,6 +146,7 @@ def build_emoji_folder(
                 }
             )
     for split, split_rows in rows.items():
+        random.Random(seed + 2).shuffle(split_rows)  # so that the first N held-out rows span all categories
         with open(out / split / "metadata.jsonl", "w") as f:
             f.writelines(json.dumps(row) + "\n" for row in split_rows)
     write_attribution(out, licences)
