@@ -65,7 +65,14 @@ def fetch_pack(package: str, cache_dir: Path) -> Path:
         )
     cache_dir.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        ["npm", "pack", f"{package}@{PACK_VERSION}", "--pack-destination", str(cache_dir)],
+        [
+            "npm",
+            "pack",
+            f"{package}@{PACK_VERSION}",
+            "--pack-destination",
+            str(cache_dir),
+            "--loglevel=error",
+        ],
         check=True,
         stdout=subprocess.DEVNULL,
     )
@@ -75,9 +82,13 @@ def fetch_pack(package: str, cache_dir: Path) -> Path:
 def read_pack(tarball: Path, image_set: str, style: str) -> tuple[list[EmojiImage], bytes]:
     """The pack's emoji (base emoji, no skin-tone variants) with their images, and its LICENSE text."""
     with tarfile.open(tarball) as pack:
+        members = set(pack.getnames())
+        if "package/emoji.json" not in members:
+            raise ValueError(
+                f"{tarball} is not an emoji-datasource pack (no package/emoji.json): delete it and rerun."
+            )
         entries = json.load(pack.extractfile("package/emoji.json"))
         licence = pack.extractfile("package/LICENSE").read()
-        members = set(pack.getnames())
         emoji = []
         for entry in entries:
             path = f"package/img/{image_set}/64/{entry['image']}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -68,3 +69,12 @@ def test_same_seed_same_files_other_seed_other_split(tmp_path, packs):
             ).read_bytes()
     assert len(read_rows(first, "validation")) == 4  # 20% of 20 pairs
     assert read_rows(first, "validation") != read_rows(other, "validation")
+
+
+def test_a_tarball_that_is_not_a_pack_is_named(tmp_path, packs):
+    wrong = tmp_path / "wrong.tgz"
+    with tarfile.open(wrong, "w:gz") as tarball:
+        tarball.add(packs["noto"], arcname="package/something.tgz")
+    with pytest.raises(ValueError, match="wrong.tgz is not an emoji-datasource pack"):
+        build_emoji_folder({**packs, "noto": wrong}, tmp_path / "out", resolution=32)
+    assert not (tmp_path / "out").exists()  # nothing written
