@@ -26,7 +26,7 @@ from minidalle.hub import model_fingerprint
 from minidalle.report import report_metrics
 from stage1_vqvae.model import VQVAE
 from stage2_transformer.evaluation import evaluate_prior, sample_images
-from stage2_transformer.heldout_style import heldout_grid, score_heldout_styles
+from stage2_transformer.heldout_style import check_heldout_columns, heldout_grid, score_heldout_styles
 from stage2_transformer.model import load_transformer
 from stage2_transformer.precompute import precompute_codes
 from stage2_transformer.run_config import CodesConfig, SamplingConfig
@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer = load_caption_tokenizer(run / "tokenizer")
     cfg.data.resolution = vqvae.config.resolution
     train_hf, eval_hf = data_lib.load_train_eval(cfg.data, max_eval=cfg.max_examples)
+    if cfg.heldout_style:
+        check_heldout_columns(eval_hf)
     codes = precompute_codes(
         eval_hf,
         vqvae=vqvae,

@@ -82,6 +82,16 @@ def other_style_images(heldout_rows, train_rows) -> list:
     return others
 
 
+def check_heldout_columns(eval_hf) -> None:
+    """Fail before any sampling if the data are not the emoji folders this score needs."""
+    for column in ("unified", "style"):
+        if column not in eval_hf.column_names:
+            raise ValueError(
+                f"The eval split has no {column!r} column: --heldout_style needs data built by "
+                "minidalle.emoji_data (bash scripts/get_emoji.sh)."
+            )
+
+
 def score_heldout_styles(
     model, layout, vqvae, tokenizer, eval_hf, train_hf, cfg, diversity_samples: int = 4
 ) -> tuple[dict[str, float], list[Image.Image]]:
@@ -90,12 +100,7 @@ def score_heldout_styles(
     ``cfg`` is the evaluate command's config: ``sampling``, ``seed``, ``num_samples`` (captions scored)
     and ``diversity_captions`` (captions sampled ``diversity_samples`` times each).
     """
-    for column in ("unified", "style"):
-        if column not in eval_hf.column_names:
-            raise ValueError(
-                f"The eval split has no {column!r} column: --heldout_style needs data built by "
-                "minidalle.emoji_data (bash scripts/get_emoji.sh)."
-            )
+    check_heldout_columns(eval_hf)
     heldout_rows = list(eval_hf.select(range(min(cfg.num_samples, len(eval_hf)))))
     resolution = vqvae.config.resolution
     truths = torch.stack([preprocess(row["image"], resolution) for row in heldout_rows])  # (n, 3, H, W)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from stage2_transformer.heldout_style import (
+    check_heldout_columns,
     mean_pairwise_mse,
     other_style_images,
     pixel_mse,
@@ -54,3 +55,11 @@ def test_other_style_is_the_same_emoji_in_the_training_split():
     assert other_style_images(heldout, train) == ["grin_noto", "rocket_twemoji"]
     with pytest.raises(ValueError, match="no training image in another style"):
         other_style_images([{"unified": "1F34E", "style": "noto"}], train)
+
+
+def test_data_without_emoji_columns_fail_before_sampling():
+    import datasets
+
+    shapes_like = datasets.Dataset.from_dict({"image": ["a.png"], "text": ["a red circle"]})
+    with pytest.raises(ValueError, match="no 'unified' column.*get_emoji.sh"):
+        check_heldout_columns(shapes_like)
