@@ -7,7 +7,9 @@ the empty caption, against the uniform prior's h*w*log2(K) bits. On the built-in
 samples one image per held-out caption, with and without classifier-free guidance, and reports how
 often the checker reads all four attributes as the caption states (``samples_all_four_pct_cfg<scale>``,
 a percentage) and the share of single attributes read right (``samples_attributes_pct_cfg<scale>``).
-Prints a table and writes JSON.
+On emoji data (``scripts/get_emoji.sh``), ``--heldout_style true`` adds the held-out style score of
+``stage2_transformer/heldout_style.py`` (style accuracy, retrieval, diversity) and writes held-out
+samples beside their true images to ``<run>/heldout_samples.png``. Prints a table and writes JSON.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from minidalle.hub import model_fingerprint
 from minidalle.report import report_metrics
 from stage1_vqvae.model import VQVAE
 from stage2_transformer.evaluation import evaluate_prior, sample_images
+from stage2_transformer.heldout_style import check_heldout_columns, heldout_grid, score_heldout_styles
 from stage2_transformer.model import load_transformer
 from stage2_transformer.precompute import precompute_codes
 from stage2_transformer.run_config import CodesConfig, SamplingConfig
@@ -39,9 +42,12 @@ class Stage2EvalConfig:
     codes: CodesConfig = field(default_factory=CodesConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     max_examples: int = 512
-    num_samples: int = 256  # held-out captions sampled per guidance setting (built-in data only)
+    num_samples: int = 256  # held-out captions sampled per guidance setting (built-in data, heldout_style)
     guidance_scales: list[float] = field(default_factory=lambda: [1.0, 3.0])
     seed: int = 1234
+    heldout_style: bool = False  # emoji data: score samples of the held-out (emoji, style) pairs
+    diversity_captions: int = 64  # with heldout_style: captions sampled 4 times each for diversity
+    grid_pairs: int = 16  # with heldout_style: held-out (sample, true image) pairs in the grid
     output_json: str | None = None
 
 
@@ -85,7 +91,9 @@ def main(argv: list[str] | None = None) -> dict:
     model.to(accelerator.device)
     tokenizer = load_caption_tokenizer(run / "tokenizer")
     cfg.data.resolution = vqvae.config.resolution
-    _, eval_hf = data_lib.load_train_eval(cfg.data, max_eval=cfg.max_examples)
+    train_hf, eval_hf = data_lib.load_train_eval(cfg.data, max_eval=cfg.max_examples)
+    if cfg.heldout_style:
+        check_heldout_columns(eval_hf)
     codes = precompute_codes(
         eval_hf,
         vqvae=vqvae,
@@ -118,6 +126,13 @@ def main(argv: list[str] | None = None) -> dict:
             for name in ("all_four_pct", "attributes_pct"):
                 metrics[f"samples_{name}_cfg{scale:g}"] = scores[name]
         metrics["samples_per_setting"] = len(captions)
+    if cfg.heldout_style:
+        scores, samples = score_heldout_styles(model, layout, vqvae, tokenizer, eval_hf, train_hf, cfg)
+        metrics.update(scores)
+        metrics["bits_ratio_caption_to_empty"] = (
+            metrics["bits_per_image"] / metrics["bits_per_image_empty_caption"]
+        )
+        heldout_grid(samples, eval_hf, cfg.grid_pairs).save(run / "heldout_samples.png")
     out = Path(cfg.output_json) if cfg.output_json else run / "eval_metrics.json"
     report_metrics(
         metrics, f"Stage-2 prior {run} on {cfg.data.source} data, split {cfg.data.eval_split!r}", out

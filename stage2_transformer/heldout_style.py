@@ -1,0 +1,140 @@
+"""Held-out score for real images: does the prior draw a known emoji in a known style it never saw paired?
+
+The data (``minidalle.emoji_data``) hold out (emoji, style) pairs whose emoji is in training in the
+other style. For each held-out caption one image is sampled and compared in pixels, no downloaded
+model needed:
+
+* ``style_accuracy_pct``: the sample is nearer (pixel MSE) to the true held-out image than to the
+  same emoji's training image in the other style; chance is 50%. It tells whether the caption's style
+  word moved the picture towards the right style *for that emoji*. It cannot tell whether the picture
+  is good: a blurry average of both styles that leans the right way scores as well as a sharp drawing.
+* ``retrieval_top1_pct`` / ``retrieval_top5_pct``: the true image's rank among all held-out images
+  by distance to the sample. It tells whether the sample is specific to its emoji (shape, colours);
+  pixel MSE rewards matching layout and colour, so it cannot tell "right object, shifted or
+  restyled" from "wrong object of similar colours", and its chance level falls with the number of
+  held-out images (1/n and 5/n).
+* ``diversity_mse``: mean pairwise MSE among ``diversity_samples`` samples of one caption (averaged
+  over captions), beside ``heldout_pairwise_mse``, the mean MSE between different held-out images.
+  Near zero means guidance collapsed the samples into copies; it cannot tell good variety from noise.
+* Bits per image of the held-out images with and without the caption come from ``evaluate_prior``
+  (``bits_ratio_caption_to_empty``): how much the caption helps the likelihood, with no sampling;
+  it cannot tell whether samples look right.
+
+Distances are mean squared errors of pixels in [-1, 1] at the stage-1 model's resolution.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from PIL import Image
+
+from minidalle.images import captioned_grid
+from minidalle.pixels import pil_to_tensor, preprocess, tensor_to_pil
+from stage2_transformer.evaluation import sample_images
+
+
+def pixel_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between every image of ``a`` (n, 3, H, W) and every image of ``b`` (m, 3, H, W)."""
+    return torch.cdist(a.flatten(1), b.flatten(1)).square() / a[0].numel()  # (n, m)
+
+
+def style_and_retrieval_scores(
+    samples: torch.Tensor, truths: torch.Tensor, other_styles: torch.Tensor
+) -> dict[str, float]:
+    """Style accuracy and retrieval top-1/top-5 (percentages); all inputs (n, 3, H, W), row i belongs together.
+
+    A tie counts against the sample: ``samples`` equal to both images score 0% style accuracy.
+    """
+    to_truths = pixel_mse(samples, truths)  # (n, n): sample i to held-out image j
+    to_own_truth = to_truths.diagonal()  # (n,)
+    to_other_style = (samples - other_styles).square().flatten(1).mean(1)  # (n,)
+    rank = 1 + (to_truths < to_own_truth[:, None]).sum(1)  # (n,) 1 = the true image is nearest
+    return {
+        "style_accuracy_pct": 100.0 * (to_own_truth < to_other_style).float().mean().item(),
+        "retrieval_top1_pct": 100.0 * (rank <= 1).float().mean().item(),
+        "retrieval_top5_pct": 100.0 * (rank <= 5).float().mean().item(),
+    }
+
+
+def mean_pairwise_mse(groups: torch.Tensor) -> float:
+    """Mean MSE over the pairs within each group, averaged over groups; ``groups`` is (g, k, 3, H, W), k >= 2."""
+    pairs = list(itertools.combinations(range(groups.shape[1]), 2))
+    first, second = groups[:, [i for i, _ in pairs]], groups[:, [j for _, j in pairs]]  # (g, pairs, 3, H, W)
+    return (first - second).square().flatten(2).mean().item()
+
+
+def other_style_images(heldout_rows, train_rows) -> list:
+    """For each held-out row, the training image of the same emoji (``unified``) in the other style."""
+    by_emoji: dict[str, list] = {}
+    for row in train_rows:
+        by_emoji.setdefault(row["unified"], []).append(row)
+    others = []
+    for row in heldout_rows:
+        candidates = [r for r in by_emoji.get(row["unified"], []) if r["style"] != row["style"]]
+        if not candidates:
+            raise ValueError(
+                f"Held-out emoji {row['unified']} ({row['style']}) has no training image in another style: "
+                "the held-out style score needs data built by minidalle.emoji_data (columns unified, style)."
+            )
+        others.append(candidates[0]["image"])
+    return others
+
+
+def check_heldout_columns(eval_hf) -> None:
+    """Fail before any sampling if the data are not the emoji folders this score needs."""
+    for column in ("unified", "style"):
+        if column not in eval_hf.column_names:
+            raise ValueError(
+                f"The eval split has no {column!r} column: --heldout_style needs data built by "
+                "minidalle.emoji_data (bash scripts/get_emoji.sh)."
+            )
+
+
+def score_heldout_styles(
+    model, layout, vqvae, tokenizer, eval_hf, train_hf, cfg, diversity_samples: int = 4
+) -> tuple[dict[str, float], list[Image.Image]]:
+    """Sample the held-out captions, score them; returns the metrics and the samples (PIL, one per caption).
+
+    ``cfg`` is the evaluate command's config: ``sampling``, ``seed``, ``num_samples`` (captions scored)
+    and ``diversity_captions`` (captions sampled ``diversity_samples`` times each).
+    """
+    check_heldout_columns(eval_hf)
+    heldout_rows = list(eval_hf.select(range(min(cfg.num_samples, len(eval_hf)))))
+    resolution = vqvae.config.resolution
+    truths = torch.stack([preprocess(row["image"], resolution) for row in heldout_rows])  # (n, 3, H, W)
+    train_rows = train_hf.select_columns(["image", "unified", "style"])
+    others = torch.stack([preprocess(v, resolution) for v in other_style_images(heldout_rows, train_rows)])
+    captions = [row["text"] for row in heldout_rows]
+    settings = dict(
+        guidance_scale=cfg.sampling.guidance_scale,
+        temperature=cfg.sampling.temperature,
+        top_k=cfg.sampling.top_k,
+        top_p=cfg.sampling.top_p,
+    )
+    samples = sample_images(model, layout, vqvae, tokenizer, captions, seed=cfg.seed, **settings)
+    sample_pixels = torch.stack([pil_to_tensor(image) for image in samples])  # (n, 3, H, W)
+    metrics = style_and_retrieval_scores(sample_pixels, truths, others)
+    if cfg.diversity_captions > 0 and diversity_samples > 1:
+        repeated = [c for c in captions[: cfg.diversity_captions] for _ in range(diversity_samples)]
+        groups = sample_images(
+            model, layout, vqvae, tokenizer, repeated, seed=cfg.seed + len(captions), **settings
+        )
+        grouped = torch.stack([pil_to_tensor(image) for image in groups]).unflatten(
+            0, (-1, diversity_samples)
+        )
+        metrics["diversity_mse"] = mean_pairwise_mse(grouped)  # grouped: (g, k, 3, H, W)
+    distances = pixel_mse(truths, truths)  # (n, n)
+    metrics["heldout_pairwise_mse"] = distances.sum().item() / max(1, len(truths) * (len(truths) - 1))
+    metrics["heldout_captions"] = len(captions)
+    return metrics, samples
+
+
+def heldout_grid(samples: list[Image.Image], eval_hf, count: int, columns: int = 8) -> Image.Image:
+    """Held-out samples, each beside its true image: tiles captioned 'sample: <caption>' and 'true'."""
+    tiles, captions = [], []
+    for sample, row in zip(samples[:count], eval_hf.select(range(min(count, len(samples))))):
+        tiles += [sample, tensor_to_pil(preprocess(row["image"], sample.width))[0]]
+        captions += [f"sample: {row['text']}", "true"]
+    return captioned_grid(tiles, captions, columns=columns)

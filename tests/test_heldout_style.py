@@ -1,0 +1,65 @@
+"""The held-out style score on hand-made cases whose answer is known."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stage2_transformer.heldout_style import (
+    check_heldout_columns,
+    mean_pairwise_mse,
+    other_style_images,
+    pixel_mse,
+    style_and_retrieval_scores,
+)
+
+
+def images(n: int, seed: int) -> torch.Tensor:
+    return torch.rand(n, 3, 8, 8, generator=torch.Generator().manual_seed(seed)) * 2 - 1  # (n, 3, 8, 8)
+
+
+def test_identical_samples_score_full_marks_and_swapped_styles_score_zero():
+    truths, other_styles = images(10, 0), images(10, 1)
+    perfect = style_and_retrieval_scores(truths.clone(), truths, other_styles)
+    assert perfect == {"style_accuracy_pct": 100.0, "retrieval_top1_pct": 100.0, "retrieval_top5_pct": 100.0}
+    swapped = style_and_retrieval_scores(other_styles.clone(), truths, other_styles)
+    assert swapped["style_accuracy_pct"] == 0.0
+
+
+def test_half_right_styles_and_ranks_counted_per_caption():
+    truths, other_styles = images(8, 0), images(8, 1)
+    samples = torch.cat([truths[:4], other_styles[4:]])  # right style for the first half only
+    assert style_and_retrieval_scores(samples, truths, other_styles)["style_accuracy_pct"] == 50.0
+    # each sample is a copy of the *next* caption's true image: the true one is never nearest
+    shifted = truths.roll(1, dims=0)
+    scores = style_and_retrieval_scores(shifted, truths, other_styles)
+    assert scores["retrieval_top1_pct"] == 0.0 and scores["retrieval_top5_pct"] < 100.0
+
+
+def test_pixel_mse_and_diversity():
+    a = torch.zeros(2, 3, 4, 4)
+    b = torch.stack([torch.zeros(3, 4, 4), torch.full((3, 4, 4), 0.5)])
+    assert pixel_mse(a, b) == pytest.approx(torch.tensor([[0.0, 0.25], [0.0, 0.25]]))
+    copies = images(1, 0).expand(3, 4, 3, 8, 8)  # 3 captions, 4 identical samples each
+    assert mean_pairwise_mse(copies) == 0.0
+    two = torch.stack([torch.zeros(3, 8, 8), torch.ones(3, 8, 8)])[None]  # (1, 2, 3, 8, 8): distance 1
+    assert mean_pairwise_mse(two) == pytest.approx(1.0)
+
+
+def test_other_style_is_the_same_emoji_in_the_training_split():
+    train = [
+        {"unified": "1F600", "style": "noto", "image": "grin_noto"},
+        {"unified": "1F680", "style": "twemoji", "image": "rocket_twemoji"},
+    ]
+    heldout = [{"unified": "1F600", "style": "twemoji"}, {"unified": "1F680", "style": "noto"}]
+    assert other_style_images(heldout, train) == ["grin_noto", "rocket_twemoji"]
+    with pytest.raises(ValueError, match="no training image in another style"):
+        other_style_images([{"unified": "1F34E", "style": "noto"}], train)
+
+
+def test_data_without_emoji_columns_fail_before_sampling():
+    import datasets
+
+    shapes_like = datasets.Dataset.from_dict({"image": ["a.png"], "text": ["a red circle"]})
+    with pytest.raises(ValueError, match="no 'unified' column.*get_emoji.sh"):
+        check_heldout_columns(shapes_like)
