@@ -168,9 +168,8 @@ def main(argv: list[str] | None = None) -> None:
     usage_window: deque[torch.Tensor] = deque(maxlen=cfg.codebook.usage_window)
     K = cfg.model.codebook_size
     accum = tcfg.gradient_accumulation_steps
-    running: dict[
-        str, torch.Tensor | float
-    ] = {}  # sums on the device (float64, as Python floats were): synced per log
+    # Sums stay on the device (float64, as the Python floats were) and are read at log steps only.
+    running: dict[str, torch.Tensor | float] = {}
     model.train()
     while run.step < tcfg.max_steps:
         step_codes = []

@@ -222,9 +222,8 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     # ---------------------------------------------------------------- loop
-    running: dict[
-        str, torch.Tensor
-    ] = {}  # sums on the device (float64, as Python floats were): synced per log
+    # Sums stay on the device (float64, as the Python floats were) and are read at log steps only.
+    running: dict[str, torch.Tensor] = {}
     tokens_seen, window_start = 0, time.perf_counter()
     model.train()
     while run.step < tcfg.max_steps:
