@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import GradientAccumulationPlugin, set_seed
+from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin, set_seed
 from tqdm.auto import tqdm
 
 from minidalle.checkpoints import checkpoint_step, prepare_output_dir, resolve_resume, save_checkpoint
@@ -58,6 +58,8 @@ class TrainingRun:
             log_with=None if tcfg.report_to == "none" else tcfg.report_to,
             project_dir=str(self.output_dir),
             gradient_accumulation_plugin=accumulation,
+            # From pinned memory (loader_options on CUDA) a batch is copied while the GPU computes.
+            dataloader_config=DataLoaderConfiguration(non_blocking=True),
         )
         if tcfg.tf32:
             allow_tf32_on_cuda(self.accelerator.device)
