@@ -1,6 +1,6 @@
 """Training throughput of both stages: images/s (stage 1), tokens/s (stage 2), peak memory, FLOPs and MFU.
 
-    python benchmarks/train_throughput.py [--sizes tiny mid] [--stages 1 2] [--device cuda] \\
+    python benchmarks/train_throughput.py [--sizes tiny mid] [--stages 1 2] [--device cuda] [--compile] \\
         [--out benchmarks/results/train_throughput.json]
 
 Each (stage, size) runs in its own process (so peak memory is its own) and times full optimizer steps
@@ -13,6 +13,11 @@ counted FLOPs per second over the chip's dense peak for the precision used (bf16
 ``--peak-tflops`` overrides the table). Peak memory is ``torch.cuda.max_memory_allocated`` on a GPU
 and the process's maximum resident set size on the CPU. Timings are the median step of ``--steps``
 after ``--warmup`` steps.
+
+The train scripts' CUDA defaults apply on a GPU: TF32 for fp32 matmuls and fused AdamW; the logits stay
+in the autocast dtype (the loss upcasts its slices). ``--compile`` runs the stage-2 model through
+``torch.compile`` (FLOPs counted on the eager step before; the first compiled step is ``compile_s``).
+The JSON is rewritten after every setting, and a setting that fails leaves an ``error`` row.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 from benchmarks.model_sizes import SIZES, stage1_setting, stage2_setting  # noqa: E402
+from minidalle.devices import allow_tf32_on_cuda  # noqa: E402
 from stage1_vqvae.model import VQVAE  # noqa: E402
 from stage2_transformer.loss import weighted_lm_loss  # noqa: E402
 from stage2_transformer.model import build_transformer, count_parameters  # noqa: E402
@@ -52,7 +58,7 @@ PEAK_TFLOPS = [
 
 
 def make_step(stage: int, size: str, device: str, dtype: torch.dtype | None):
-    """(step function, facts about the setting). step() runs one optimizer step."""
+    """(step function, facts about the setting, model). step() runs one optimizer step."""
     generator = torch.Generator().manual_seed(0)
     if stage == 1:
         cfg, batch = stage1_setting(size, device)
@@ -94,7 +100,7 @@ def make_step(stage: int, size: str, device: str, dtype: torch.dtype | None):
             "items_per_step": tokens,
             "flops_6nd_per_step": 6 * count_parameters(model) * tokens,
         }
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True if device == "cuda" else None)
     autocast = torch.autocast(device_type=device, dtype=dtype) if dtype is not None else None
 
     def step():
@@ -109,7 +115,7 @@ def make_step(stage: int, size: str, device: str, dtype: torch.dtype | None):
         optimizer.zero_grad(set_to_none=True)
 
     facts["params"] = sum(p.numel() for p in model.parameters())
-    return step, facts
+    return step, facts, model
 
 
 def synchronize(device: str) -> None:
@@ -117,16 +123,27 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure_one(stage: int, size: str, device: str, precision: str, steps: int, warmup: int) -> dict:
+def measure_one(
+    stage: int, size: str, device: str, precision: str, steps: int, warmup: int, compiled: bool
+) -> dict:
     """Runs in a child process: time one setting and report it as a dict."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+    allow_tf32_on_cuda(device)
     torch.manual_seed(0)
-    step, facts = make_step(stage, size, device, dtype)
+    step, facts, model = make_step(stage, size, device, dtype)
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:  # one step, also a warm-up
+    with FlopCounterMode(display=False) as counter:  # one eager step, also a warm-up
         step()
     flops = counter.get_total_flops()
+    compiled = compiled and stage == 2
+    if compiled:
+        model.compile()  # in place: the step's calls of the model now run the compiled forward
+        start = time.perf_counter()
+        step()
+        synchronize(device)
+        facts["compile_s"] = time.perf_counter() - start
+    facts["compiled"] = compiled
     for _ in range(warmup):
         step()
     synchronize(device)
@@ -169,6 +186,7 @@ def peak_tflops(device_name: str, precision: str, override: float | None) -> flo
 
 
 def print_table(rows: list[dict]) -> None:
+    rows = [r for r in rows if "error" not in r]
     header = (
         f"{'stage':>5} {'size':>5} {'params':>8} {'batch':>5} {'throughput':>18} {'step ms':>8} "
         f"{'peak MB':>8} {'GFLOP/step':>10} {'TFLOP/s':>8} {'MFU':>6}"
@@ -201,6 +219,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, help="timed steps (default: 20 on cuda, 3 on cpu)")
     p.add_argument("--warmup", type=int, help="untimed steps first (default: 3 on cuda, 1 on cpu)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the stage-2 model")
     p.add_argument("--peak-tflops", type=float, help="the device's dense peak, for MFU (default: a table)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_throughput.json"))
     p.add_argument("--one", nargs=2, metavar=("STAGE", "SIZE"), help=argparse.SUPPRESS)  # child process
@@ -219,34 +238,50 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.one:
-        result = measure_one(
-            int(args.one[0]), args.one[1], args.device, args.precision, args.steps, args.warmup
-        )
+        stage, size = int(args.one[0]), args.one[1]
+        result = measure_one(stage, size, args.device, args.precision, args.steps, args.warmup, args.compile)
         print(json.dumps(result))
         return result
     rows = []
     for size in args.sizes:
         for stage in args.stages:
-            command = [sys.executable, __file__, "--one", str(stage), size, "--device", args.device]
-            command += ["--precision", args.precision, "--steps", str(args.steps)]
-            command += ["--warmup", str(args.warmup)]
-            if args.threads:
-                command += ["--threads", str(args.threads)]
-            done = subprocess.run(
-                command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}
-            )
-            if done.returncode != 0:
-                raise RuntimeError(f"stage {stage} {size} failed:\n{done.stderr[-4000:]}")
-            row = json.loads(done.stdout.strip().splitlines()[-1])
-            peak = peak_tflops(row.get("device_name", ""), args.precision, args.peak_tflops)
-            row["mfu"] = row["achieved_tflops"] / peak if (args.device == "cuda" and peak) else None
-            row["peak_tflops"] = peak if args.device == "cuda" else None
-            rows.append(row)
+            rows.append(run_setting(args, stage, size))
+            report = write_report(
+                args, rows
+            )  # at once: a later setting that fails or is killed loses nothing
     print_table(rows)
+    print(f"wrote {args.out}")
+    failed = [f"stage {r['stage']} {r['size']}" for r in rows if "error" in r]
+    if failed:
+        sys.exit(f"{', '.join(failed)} failed; their errors are in {args.out}")
+    return report
+
+
+def run_setting(args: argparse.Namespace, stage: int, size: str) -> dict:
+    """One (stage, size) in its own process: its row, or its error (the last lines of its stderr)."""
+    command = [sys.executable, __file__, "--one", str(stage), size, "--device", args.device]
+    command += ["--precision", args.precision, "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    command += ["--threads", str(args.threads)] if args.threads else []
+    command += ["--compile"] if args.compile else []
+    done = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}
+    )
+    if done.returncode != 0:
+        print(f"stage {stage} {size} failed:\n{done.stderr[-4000:]}", file=sys.stderr)
+        return {"stage": stage, "size": size, "error": done.stderr[-2000:]}
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    peak = peak_tflops(row.get("device_name", ""), args.precision, args.peak_tflops)
+    row["mfu"] = row["achieved_tflops"] / peak if (args.device == "cuda" and peak) else None
+    row["peak_tflops"] = peak if args.device == "cuda" else None
+    return row
+
+
+def write_report(args: argparse.Namespace, rows: list[dict]) -> dict:
     report = {
         "device": args.device,
-        "device_name": rows[0].get("device_name") if rows else None,
+        "device_name": next((r["device_name"] for r in rows if "device_name" in r), None),
         "precision": args.precision,
+        "compile": args.compile,
         "torch": torch.__version__,
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
@@ -258,7 +293,6 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
     return report
 
 

@@ -41,3 +41,15 @@ def resolve_device_dtype(
     if dtype not in set(DTYPES.values()):
         raise ValueError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, got {dtype!r}.")
     return device, dtype
+
+
+def allow_tf32_on_cuda(device: str | torch.device) -> None:
+    """On CUDA, run fp32 matmuls on TF32 tensor cores (10-bit mantissa, fp32 range and accumulation):
+    several times the fp32 rate on A100/H100, at a precision training and decoding do not notice.
+
+    cuDNN convolutions use TF32 already by default. Nothing changes on other devices, so CPU results stay
+    bit-identical. The process-wide setting (not the per-backend ``fp32_precision`` API): torch refuses to
+    read the global precision, which inductor does, once the two APIs have been mixed.
+    """
+    if torch.device(device).type == "cuda":
+        torch.set_float32_matmul_precision("high")

@@ -21,11 +21,12 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import GradientAccumulationPlugin, set_seed
+from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin, set_seed
 from tqdm.auto import tqdm
 
 from minidalle.checkpoints import checkpoint_step, prepare_output_dir, resolve_resume, save_checkpoint
-from minidalle.distributed import export_state_dict, unwrap
+from minidalle.devices import allow_tf32_on_cuda
+from minidalle.distributed import drop_fp32_output_copy, export_state_dict, unwrap
 from minidalle.faults import GracefulStop, NonFiniteGuard, fault_active
 from minidalle.metrics_log import MetricsLog, flat_config
 from minidalle.train_config import TrainConfig, cosine_with_warmup
@@ -57,7 +58,11 @@ class TrainingRun:
             log_with=None if tcfg.report_to == "none" else tcfg.report_to,
             project_dir=str(self.output_dir),
             gradient_accumulation_plugin=accumulation,
+            # From pinned memory (loader_options on CUDA) a batch is copied while the GPU computes.
+            dataloader_config=DataLoaderConfiguration(non_blocking=True),
         )
+        if tcfg.tf32:
+            allow_tf32_on_cuda(self.accelerator.device)
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
         if not self.accelerator.is_main_process:
             logging.getLogger().setLevel(logging.WARNING)
@@ -80,11 +85,37 @@ class TrainingRun:
         set_seed(self.tcfg.seed)
         self.stop = GracefulStop()
 
-    def prepare(self, model, optimizer, *loaders, save: Callable, run_config):
+    def adamw(self, params) -> torch.optim.AdamW:
+        """AdamW over ``params`` (tensors or groups) with the run's LR, betas and weight decay; one fused
+        kernel per step on CUDA (train.fused_adamw). Called before ``prepare`` moves the model, so the
+        accelerator's device decides."""
+        tcfg = self.tcfg
+        fused = tcfg.fused_adamw and self.accelerator.device.type == "cuda"
+        return torch.optim.AdamW(
+            params,
+            lr=tcfg.learning_rate,
+            betas=(tcfg.adam_beta1, tcfg.adam_beta2),
+            weight_decay=tcfg.weight_decay,
+            fused=True if fused else None,  # None: torch's own default, as before
+        )
+
+    def loader_options(self, num_workers: int, persistent: bool = True) -> dict:
+        """DataLoader options: pinned host memory when training on CUDA (faster, asynchronous copies),
+        and workers kept across epochs when there are any (``persistent``; not for a stream whose epoch
+        is set on the dataset, which workers would not see)."""
+        return {
+            "num_workers": num_workers,
+            "pin_memory": self.accelerator.device.type == "cuda",
+            "persistent_workers": persistent and num_workers > 0,
+        }
+
+    def prepare(self, model, optimizer, *loaders, save: Callable, run_config, fp32_outputs: bool = True):
         """Wrap for the launch's engine, make the LR schedule, start the trackers.
 
         ``save(model, folder, state_dict)`` writes the unwrapped model (and whatever goes with it) into
         ``folder``; it runs on the main process only. Returns the prepared model, optimizer and loaders.
+        ``fp32_outputs=False`` keeps the model's outputs in the autocast dtype under mixed precision
+        (the caller upcasts what it uses). With train.compile the model is compiled after the wrapping.
         """
         accelerator, tcfg = self.accelerator, self.tcfg
         # Stepped by us once per optimizer step (not prepared, so it is not stepped once per process)
@@ -92,6 +123,8 @@ class TrainingRun:
         self.scheduler = cosine_with_warmup(optimizer, tcfg)
         model, optimizer, *loaders = accelerator.prepare(model, optimizer, *loaders)
         accelerator.register_for_checkpointing(self.scheduler)
+        if not fp32_outputs:
+            drop_fp32_output_copy(accelerator, model)
         if tcfg.compile:
             model = torch.compile(model)
         self.model, self.optimizer, self.save = model, optimizer, save

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from minidalle.arguments import check_int
-from minidalle.devices import resolve_device_dtype
+from minidalle.devices import allow_tf32_on_cuda, resolve_device_dtype
 from minidalle.pixels import pil_to_tensor, resize_center_crop, tensor_to_pil, to_rgb
 from stage1_vqvae.model import VQVAE
 from stage2_transformer import sampling
@@ -66,7 +66,9 @@ class MiniDallePipeline:
         """Load a local pipeline folder. ``device``: default CUDA when present, else CPU. ``dtype`` (of the
         transformer; the small VQ-VAE stays float32): default bf16 on CUDA (fp16 where bf16 is missing),
         float32 on the CPU."""
-        return cls(*load_parts(Path(path), *resolve_device_dtype(device, dtype)))
+        device, dtype = resolve_device_dtype(device, dtype)
+        allow_tf32_on_cuda(device)  # the VQ-VAE decode runs in fp32
+        return cls(*load_parts(Path(path), device, dtype))
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write the folder ``from_pretrained`` reads (weights in their current dtype)."""

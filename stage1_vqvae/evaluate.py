@@ -20,6 +20,7 @@ from accelerate import PartialState
 from minidalle import data as data_lib
 from minidalle.checker import attributes_right
 from minidalle.config import parse_config
+from minidalle.devices import allow_tf32_on_cuda
 from minidalle.report import report_metrics
 from stage1_vqvae.evaluation import evaluate_reconstruction
 from stage1_vqvae.model import VQVAE
@@ -42,6 +43,7 @@ TRAINING_ONLY_KEYS = ("train", "codebook", "num_eval_images", "num_grid_images")
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(Stage1EvalConfig, argv, description=__doc__, ignore_file_keys=TRAINING_ONLY_KEYS)
     device = PartialState().device
+    allow_tf32_on_cuda(device)  # the VQ-VAE runs in fp32
     model = VQVAE.from_pretrained(cfg.model, device=device)
     cfg.data.resolution = model.config.resolution  # images are read at the model's resolution
     _, eval_hf = data_lib.load_train_eval(cfg.data, max_eval=cfg.max_images)

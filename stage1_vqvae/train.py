@@ -103,8 +103,10 @@ def main(argv: list[str] | None = None) -> None:
             )
         sampler = data_lib.EpochSampler(len(train_set), seed=tcfg.seed)
     collate, workers = data_lib.collate_image_captions, cfg.data.num_workers
+    # a stream's epoch is set on its dataset, which persistent workers would not see
+    loader_options = run.loader_options(workers, persistent=not cfg.data.streaming)
     train_loader = torch.utils.data.DataLoader(
-        train_set, tcfg.batch_size, sampler=sampler, drop_last=True, num_workers=workers, collate_fn=collate
+        train_set, tcfg.batch_size, sampler=sampler, drop_last=True, collate_fn=collate, **loader_options
     )
     eval_loader = torch.utils.data.DataLoader(eval_set, 64, num_workers=workers, collate_fn=collate)
     grid_images = [eval_set[i] for i in range(min(len(eval_set), cfg.num_grid_images))]
@@ -114,12 +116,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # ---------------------------------------------------------------- model and optimizer
     model = VQVAE(cfg.model)
-    optimizer = torch.optim.AdamW(
-        model.parameters(),
-        lr=tcfg.learning_rate,
-        betas=(tcfg.adam_beta1, tcfg.adam_beta2),
-        weight_decay=tcfg.weight_decay,
-    )
+    optimizer = run.adamw(model.parameters())
     if cfg.data.streaming:  # a stream is already split across processes: its loader is not prepared
         model, optimizer = run.prepare(model, optimizer, save=save_vqvae, run_config=cfg)
     else:
@@ -171,7 +168,8 @@ def main(argv: list[str] | None = None) -> None:
     usage_window: deque[torch.Tensor] = deque(maxlen=cfg.codebook.usage_window)
     K = cfg.model.codebook_size
     accum = tcfg.gradient_accumulation_steps
-    running: dict[str, float] = {}
+    # Sums stay on the device (float64, as the Python floats were) and are read at log steps only.
+    running: dict[str, torch.Tensor | float] = {}
     model.train()
     while run.step < tcfg.max_steps:
         step_codes = []
@@ -191,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
                 step_codes.append(out.codes.detach().flatten())
                 parts["psnr"] = psnr(out.reconstruction.detach(), pixels).mean()
                 for key, value in parts.items():
-                    running[key] = running.get(key, 0.0) + value.item() / accum
+                    running[key] = running.get(key, 0.0) + value.detach().double() / accum
         run.optimizer_step(loss, on_skip=partial(quantizer.usage.copy_, usage_before))
 
         # ------------------------------------------------------------ codebook health
@@ -215,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
 
         # ------------------------------------------------------------ logging, eval, reconstructions
         if run.every(tcfg.log_every):
-            metrics = {k: v / tcfg.log_every for k, v in running.items()}
+            metrics = {k: float(v) / tcfg.log_every for k, v in running.items()}
             if usage_window:
                 window = torch.stack(list(usage_window)).sum(0)  # (K,)
                 metrics["codebook_usage_pct"] = 100.0 * (window > 0).sum().item() / K

@@ -22,6 +22,7 @@ from accelerate import Accelerator
 from minidalle import data as data_lib
 from minidalle.checker import score_images
 from minidalle.config import parse_config
+from minidalle.devices import allow_tf32_on_cuda
 from minidalle.hub import model_fingerprint
 from minidalle.report import report_metrics
 from stage1_vqvae.model import VQVAE
@@ -84,6 +85,7 @@ def stage1_model_of_run(run: Path, vqvae: str | None) -> str:
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(Stage2EvalConfig, argv, description=__doc__, ignore_file_keys=TRAINING_ONLY_KEYS)
     accelerator = Accelerator()
+    allow_tf32_on_cuda(accelerator.device)  # pre-encoding, the prior and the VQ-VAE decode run in fp32
     run = Path(cfg.run)
     vqvae_dir = stage1_model_of_run(run, cfg.vqvae)
     vqvae = VQVAE.from_pretrained(vqvae_dir, device=accelerator.device)

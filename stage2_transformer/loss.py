@@ -32,6 +32,8 @@ def weighted_lm_loss(
     fed ``input_ids[:, :-1]``); ``V`` is at least ``layout.vocab_size``. Returns ``(total, parts)`` with
     ``total = text_weight * text_loss + image_weight * image_loss`` and ``parts`` holding detached 0-d
     tensors "text_loss", "image_loss" (nats per token; call ``.item()`` when logging) and "text_tokens".
+    ``logits`` may be in bf16 (mixed precision): each part upcasts only its own slice to fp32, never the
+    whole (B, L, V).
 
     ``text_normalizer`` replaces this batch's count of text targets as the divisor of the text loss sum.
     Data-parallel training passes the count over all processes divided by their number, so that the

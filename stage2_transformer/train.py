@@ -172,24 +172,29 @@ def main(argv: list[str] | None = None) -> None:
     eval_captions = list(dict.fromkeys(codes_sets["validation"]["text"]))[: cfg.sampling.num_captions]
     sampler = data_lib.EpochSampler(len(train_set), seed=tcfg.seed)
     train_loader = torch.utils.data.DataLoader(
-        train_set, tcfg.batch_size, sampler=sampler, drop_last=True, num_workers=cfg.data.num_workers
+        train_set,
+        tcfg.batch_size,
+        sampler=sampler,
+        drop_last=True,
+        **run.loader_options(cfg.data.num_workers),
     )
 
     # ---------------------------------------------------------------- model and optimizer
     model = build_transformer(cfg.model, layout)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": tcfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=tcfg.learning_rate,
-        betas=(tcfg.adam_beta1, tcfg.adam_beta2),
+    optimizer = run.adamw(
+        [{"params": decay, "weight_decay": tcfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     )
 
     def save(transformer, folder: Path, state_dict) -> None:  # the model of a checkpoint or of the run
         save_transformer(transformer, layout, folder / "transformer", state_dict=state_dict)
         tokenizer.save_pretrained(folder / "tokenizer")
 
-    model, optimizer, train_loader = run.prepare(model, optimizer, train_loader, save=save, run_config=cfg)
+    # The logits stay in the autocast dtype: the loss upcasts only the slices it reads.
+    model, optimizer, train_loader = run.prepare(
+        model, optimizer, train_loader, save=save, run_config=cfg, fp32_outputs=False
+    )
     logger.info(
         "Transformer: %.2fM parameters; sequence %d = %d text + 1 + %d image tokens; vocab %d",
         count_parameters(unwrap(accelerator, model)) / 1e6,
@@ -217,7 +222,8 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     # ---------------------------------------------------------------- loop
-    running: dict[str, float] = {}
+    # Sums stay on the device (float64, as the Python floats were) and are read at log steps only.
+    running: dict[str, torch.Tensor] = {}
     tokens_seen, window_start = 0, time.perf_counter()
     model.train()
     while run.step < tcfg.max_steps:
@@ -247,15 +253,15 @@ def main(argv: list[str] | None = None) -> None:
                 loss = run.backward(loss)
             parts["caption_dropout"] = drop.float().mean()
             for key in ("text_loss", "image_loss", "caption_dropout"):
-                running[key] = running.get(key, 0.0) + float(parts[key]) / accum
+                running[key] = running.get(key, 0.0) + parts[key].double() / accum
             tokens_seen += seq.numel() * accelerator.num_processes
         grad_norm = run.optimizer_step(loss)
-        running["grad_norm"] = running.get("grad_norm", 0.0) + float(grad_norm)
+        running["grad_norm"] = running.get("grad_norm", 0.0) + torch.as_tensor(grad_norm).double()
 
         # ------------------------------------------------------------ logging, eval, samples
         if run.every(tcfg.log_every):
             elapsed = time.perf_counter() - window_start
-            metrics = {k: v / tcfg.log_every for k, v in running.items()}
+            metrics = {k: float(v) / tcfg.log_every for k, v in running.items()}
             metrics.update(
                 lr=run.lr,
                 tokens_per_s=tokens_seen / max(elapsed, 1e-9),
