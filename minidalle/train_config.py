@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from minidalle.arguments import MAX_BATCH_SIZE
+
 
 @dataclass
 class TrainConfig:
@@ -39,7 +41,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         checks = [
             (self.max_steps >= 1, "train.max_steps must be >= 1"),
-            (self.batch_size >= 1, "train.batch_size must be >= 1"),
+            (1 <= self.batch_size <= MAX_BATCH_SIZE, f"train.batch_size must lie in [1, {MAX_BATCH_SIZE}]"),
             (self.gradient_accumulation_steps >= 1, "train.gradient_accumulation_steps must be >= 1"),
             (self.learning_rate > 0, "train.learning_rate must be > 0"),
             (0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio must lie in [0, 1]"),

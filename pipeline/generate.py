@@ -48,6 +48,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rerank-clip", help="a local CLIPModel folder: keep the best -n of --num-candidates")
     p.add_argument("--num-candidates", type=int)
     p.add_argument("--columns", type=int, help="grid columns (default: images per prompt, at most 8)")
+    p.add_argument(
+        "--allow-unverified", action="store_true", help="load a pipeline without a stage-1 fingerprint"
+    )
     return p.parse_args(argv)
 
 
@@ -81,7 +84,9 @@ def _generate(args: argparse.Namespace) -> int:
 
     prompts = read_prompts(args)
     hf_logging.disable_progress_bar()  # the "Loading weights" bar is noise here
-    pipe = MiniDallePipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    pipe = MiniDallePipeline.from_pretrained(
+        args.model, device=args.device, dtype=args.dtype, allow_unverified=args.allow_unverified
+    )
     extra = {}
     if args.image is not None:
         extra["image"] = Image.open(args.image)

@@ -12,6 +12,13 @@ from dataclasses import dataclass
 from PIL import Image
 
 from minidalle.arguments import check_int
+from minidalle.errors import ArgumentError
+
+# Upper bounds on the counts a caller types: a call beyond them would run for hours and hold every
+# decoded image in memory at once; split such work into several calls.
+MAX_PROMPTS = 1024
+MAX_IMAGES_PER_PROMPT = 256
+MAX_IMAGES_PER_CALL = 4096  # prompts x images (or candidates) per prompt
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,8 @@ def check_prompts(prompts) -> list[str]:
         raise ValueError(f"prompts must be a string or a list of strings, got {type(prompts).__name__}.")
     if not prompts:
         raise ValueError("prompts is empty: give at least one prompt.")
+    if len(prompts) > MAX_PROMPTS:
+        raise ArgumentError(f"{len(prompts)} prompts in one call; the limit is {MAX_PROMPTS}: split them.")
     for i, prompt in enumerate(prompts):
         if not isinstance(prompt, str):
             raise ValueError(f"prompt {i} must be a string, got {type(prompt).__name__}.")
@@ -84,4 +93,12 @@ def check_candidates(rerank_with, num_candidates, num_images_per_prompt: int) ->
             f"got {type(rerank_with).__name__}."
         )
     wanted = 2 * num_images_per_prompt if num_candidates is None else num_candidates
-    return check_int("num_candidates", wanted, num_images_per_prompt, None)
+    return check_int("num_candidates", wanted, num_images_per_prompt, MAX_IMAGES_PER_PROMPT)
+
+
+def check_total(num_prompts: int, per_prompt: int) -> None:
+    if num_prompts * per_prompt > MAX_IMAGES_PER_CALL:
+        raise ArgumentError(
+            f"{num_prompts} prompts x {per_prompt} images is {num_prompts * per_prompt} images in one call; "
+            f"the limit is {MAX_IMAGES_PER_CALL}: split the work into several calls."
+        )
