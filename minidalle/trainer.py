@@ -24,9 +24,15 @@ from accelerate import Accelerator
 from accelerate.utils import GradientAccumulationPlugin, set_seed
 from tqdm.auto import tqdm
 
-from minidalle.checkpoints import checkpoint_step, prepare_output_dir, resolve_resume, save_checkpoint
+from minidalle.checkpoints import (
+    checkpoint_step,
+    list_checkpoints,
+    prepare_output_dir,
+    resolve_resume,
+    save_checkpoint,
+)
 from minidalle.distributed import export_state_dict, unwrap
-from minidalle.faults import GracefulStop, NonFiniteGuard, fault_active
+from minidalle.faults import GracefulStop, NonFiniteGuard, fault_active, weights_finite
 from minidalle.metrics_log import MetricsLog, flat_config
 from minidalle.train_config import TrainConfig, cosine_with_warmup
 
@@ -151,11 +157,13 @@ class TrainingRun:
         self.step += 1
         self.progress.update(1)
         if self.guard.exhausted:
-            self.checkpoint(reason="non-finite")
+            saved = self.checkpoint(reason="non-finite")
             accelerator.end_training()
+            latest = list_checkpoints(self.output_dir)
+            kept = f"saved in {saved}" if saved else f"kept: {latest[-1][1] if latest else 'none yet'}"
             sys.exit(
                 f"Stopping: {self.guard.in_a_row} non-finite steps in a row ({self.nonfinite_hint}). "
-                f"Last good state saved in {self.output_dir}."
+                f"Last good state {kept}."
             )
         return grad_norm
 
@@ -181,8 +189,14 @@ class TrainingRun:
         if self.accelerator.is_main_process:
             self.save(unwrap(self.accelerator, self.model), folder, state)
 
-    def checkpoint(self, **extra) -> Path:
-        """A complete checkpoint of this step, with the exported model inside. Call on every process."""
+    def checkpoint(self, **extra) -> Path | None:
+        """A complete checkpoint of this step, with the exported model inside. Call on every process.
+
+        Weights that are no longer finite are never saved (None): a NaN checkpoint would become
+        ``latest`` and push a good one out of ``checkpoints_total_limit``."""
+        if not weights_finite(self.accelerator, self.model):
+            logger.error("Step %d: the weights are not finite; no checkpoint written.", self.step)
+            return None
         extra.update(self.checkpoint_extra())
         return save_checkpoint(
             self.accelerator,
@@ -200,7 +214,8 @@ class TrainingRun:
         stopping = self.stop.should_stop(self.accelerator) or self.step == self.tcfg.stop_after_steps
         if stopping or self.every(self.tcfg.checkpoint_every):
             path = self.checkpoint()
-            self.progress.write(f"step {self.step}: saved {path}")
+            if path is not None:
+                self.progress.write(f"step {self.step}: saved {path}")
         if stopping:
             stop = self.stop
             reason = f"{stop.signal_name} received" if stop.requested else "train.stop_after_steps reached"

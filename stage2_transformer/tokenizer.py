@@ -21,6 +21,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import PreTrainedTokenizerFast
 
 from minidalle.arguments import check_int
+from minidalle.errors import ModelFolderError
 
 PAD_TOKEN = "<pad>"
 UNK_TOKEN = "<unk>"
@@ -126,7 +127,7 @@ def load_caption_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
             )
             tokenizer.pad_token = tokenizer.eos_token
         else:
-            raise ValueError(
+            raise ModelFolderError(
                 f"The tokenizer in {folder} has no pad token (nor a {PAD_TOKEN!r} or end token to use as one); "
                 "captions cannot be padded to a fixed length."
             )
