@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -32,9 +33,10 @@ from minidalle.checkpoints import (
     save_checkpoint,
 )
 from minidalle.distributed import export_state_dict, unwrap
+from minidalle.errors import ModelFolderError
 from minidalle.faults import GracefulStop, NonFiniteGuard, fault_active, weights_finite
 from minidalle.metrics_log import MetricsLog, flat_config
-from minidalle.train_config import TrainConfig, cosine_with_warmup
+from minidalle.train_config import TrainConfig, cosine_with_warmup, restore_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -93,11 +95,10 @@ class TrainingRun:
         ``folder``; it runs on the main process only. Returns the prepared model, optimizer and loaders.
         """
         accelerator, tcfg = self.accelerator, self.tcfg
-        # Stepped by us once per optimizer step (not prepared, so it is not stepped once per process)
-        # and checkpointed with the rest of the state.
+        # Stepped by us once per optimizer step (not prepared, so it is not stepped once per process);
+        # not registered for checkpointing (accelerate would pickle it): resume sets it from the step.
         self.scheduler = cosine_with_warmup(optimizer, tcfg)
         model, optimizer, *loaders = accelerator.prepare(model, optimizer, *loaders)
-        accelerator.register_for_checkpointing(self.scheduler)
         if tcfg.compile:
             model = torch.compile(model)
         self.model, self.optimizer, self.save = model, optimizer, save
@@ -108,8 +109,15 @@ class TrainingRun:
     def resume(self) -> int:
         """Load the checkpoint being resumed, if any; open the progress bar. Returns the step reached."""
         if self.resume_path is not None:
-            self.accelerator.load_state(str(self.resume_path))
+            try:  # accelerate reads the optimizer and RNG files with torch.load(weights_only=True)
+                self.accelerator.load_state(str(self.resume_path))
+            except pickle.UnpicklingError as err:
+                raise ModelFolderError(
+                    f"Checkpoint {self.resume_path} holds a file that is not plain tensors and numbers "
+                    f"({' '.join(str(err).split())[:200]}); it was not loaded. Resume from another checkpoint."
+                ) from None
             self.step = checkpoint_step(self.resume_path)
+            restore_schedule(self.scheduler, self.step)
             logger.info("Resumed from %s at step %d", self.resume_path, self.step)
         self.progress = tqdm(
             total=self.tcfg.max_steps,
