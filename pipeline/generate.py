@@ -105,7 +105,9 @@ def _generate(args: argparse.Namespace) -> int:
     elif args.num_candidates is not None:
         raise ArgumentError("--num-candidates needs --rerank-clip, the CLIP model that picks the best.")
 
-    bar = tqdm(total=1.0, unit="", desc="sampling rows", bar_format="{l_bar}{bar}| {elapsed}<{remaining}")
+    bar = tqdm(  # delay: a call refused by the pipeline's checks prints no bar before its error line
+        total=1.0, unit="", desc="sampling rows", bar_format="{l_bar}{bar}| {elapsed}<{remaining}", delay=0.1
+    )
 
     def on_row(event) -> None:
         bar.n = round(event.progress, 4)
