@@ -104,7 +104,8 @@ def weights_finite(accelerator, model: torch.nn.Module) -> bool:
     """True on every rank if no process holds a non-finite weight (each checks its own shard)."""
     bad = torch.zeros(1, device=accelerator.device)
     for parameter in model.parameters():
-        bad += (~torch.isfinite(parameter.detach())).sum().float().to(bad.device)
+        local = parameter.to_local() if hasattr(parameter, "to_local") else parameter  # an FSDP2 shard
+        bad += (~torch.isfinite(local.detach())).sum().float().to(bad.device)
     if accelerator.num_processes > 1:
         bad = accelerator.reduce(bad, reduction="sum")
     return bool(bad.item() == 0)
