@@ -27,6 +27,7 @@ import gradio as gr  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from minidalle.arguments import check_int  # noqa: E402
+from minidalle.errors import ArgumentError, OneLineParser, run_main  # noqa: E402
 from minidalle.images import upscale  # noqa: E402
 from pipeline import PIPELINE_CONFIG_FILE, MiniDallePipeline, PromptTruncatedWarning  # noqa: E402
 from pipeline.seeds import RANDOM_SEEDS_BELOW, draw_seed  # noqa: E402
@@ -38,6 +39,7 @@ DEFAULT_MODEL = ROOT / "outputs" / "pipeline_tiny"
 TRAIN_COMMAND = "bash scripts/demo.sh"
 MAX_PROMPT_CHARS = 300
 MAX_IMAGES = 16
+MAX_UPLOAD = "1mb"  # per uploaded file
 MAX_SEED = RANDOM_SEEDS_BELOW - 1  # the seed box's limit: seeds the app draws fit in it
 EXAMPLES = [
     "a small red circle at the top left",
@@ -225,7 +227,7 @@ def _check_request(prompt, num_images, seed, randomize, max_images: int, max_pro
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help=f"pipeline folder (default: {DEFAULT_MODEL.relative_to(ROOT)})")
     p.add_argument(
         "--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)"
@@ -251,11 +253,8 @@ def main(argv: list[str] | None = None) -> None:
     hf_logging.disable_progress_bar()  # the "Loading weights" bar is noise here
     for name in ("concurrency_limit", "max_queue", "max_images"):
         if getattr(args, name) < 1:
-            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
-    try:
-        pipe = MiniDallePipeline.from_pretrained(model, device=args.device, dtype=args.dtype)
-    except (OSError, ValueError) as err:
-        raise SystemExit(f"Cannot load the model: {err}") from None
+            raise ArgumentError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
+    pipe = MiniDallePipeline.from_pretrained(model, device=args.device, dtype=args.dtype)
     logger.info("Serving %s on %s (%s)", model, pipe.device, pipe.dtype)
     demo = build_app(pipe, max_images=args.max_images)
     demo.queue(default_concurrency_limit=args.concurrency_limit, max_size=args.max_queue)
@@ -267,8 +266,9 @@ def main(argv: list[str] | None = None) -> None:
         mcp_server=False,
         show_error=False,
         footer_links=["api"],
+        max_file_size=MAX_UPLOAD,  # the page uploads nothing; gradio's upload route would take any size
     )
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import numpy as np
+
+from minidalle.errors import ArgumentError
+
+MAX_BATCH_SIZE = 1 << 16  # examples per forward pass; more is a typo (it would not fit in memory)
 
 
 def is_number(value) -> bool:
@@ -22,5 +28,21 @@ def check_int(name: str, value, low: int, high: int | None, note: str = "") -> i
     ok = ok or (isinstance(value, float) and value.is_integer())
     if not ok or value < low or (high is not None and value > high):
         extra = f" ({note})" if note else ""
-        raise ValueError(f"{name} must be an integer {in_range}{extra}, got {value!r}.")
+        raise ArgumentError(f"{name} must be an integer {in_range}{extra}, got {value!r}.")
     return int(value)
+
+
+def check_writable_file(flag: str, path: str | Path) -> Path:
+    """Fail before any work if ``path`` cannot be written: a folder there, or a parent that is not a
+    writable folder (the nearest existing ancestor is checked, for parents still to be made)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ArgumentError(f"{flag} {str(path)!r} is a folder; give a file name.")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ArgumentError(f"{flag} {str(path)!r}: {str(parent)!r} is a file, not a folder.")
+    if not os.access(parent, os.W_OK):
+        raise ArgumentError(f"{flag} {str(path)!r}: the folder {str(parent)!r} is not writable.")
+    return path

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from minidalle.distributed import params_sharded, unwrap
+from minidalle.errors import ModelFolderError, OutputFolderError
 from minidalle.faults import fault_point
 
 logger = logging.getLogger(__name__)
@@ -37,15 +38,24 @@ _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
 def prepare_output_dir(output_dir: str | Path, run_config: dict, resuming: bool, is_main: bool) -> Path:
-    """Refuse to write into a folder that holds another run, unless resuming it.
+    """Refuse to write into a folder that holds another run, unless resuming it, or files that no run
+    wrote (an assembled pipeline, anything else): a launch must never change what it did not make.
 
     A folder holds a run once training has logged or checkpointed anything; one left by a launch that
     stopped at a configuration or data error (only ``run_config.json``) is reused.
     """
     out = Path(output_dir)
     saved = out / RUN_CONFIG
+    if out.exists() and not out.is_dir():
+        raise OutputFolderError(f"train.output_dir {str(out)!r} is a file; give a folder.")
+    foreign = sorted(p.name for p in out.iterdir()) if out.is_dir() and not saved.is_file() else []
+    if foreign:  # training writes (and on a fresh start clears) files here: never among others' files
+        raise OutputFolderError(
+            f"train.output_dir {str(out)!r} holds files no training run wrote ({', '.join(foreign[:5])}"
+            f"{', ...' if len(foreign) > 5 else ''}); choose a new or empty folder."
+        )
     if not resuming and holds_run(out):
-        raise FileExistsError(
+        raise OutputFolderError(
             f"Output folder {str(out)!r} already holds a run. Pass --resume_from_checkpoint latest to "
             "continue it, or choose another --train.output_dir."
         )
@@ -96,7 +106,7 @@ def resolve_resume(output_dir: str | Path, resume: str | None) -> Path | None:
         return found[-1][1]
     path = Path(resume)
     if not (path / COMPLETE_MARKER).is_file():
-        raise FileNotFoundError(
+        raise ModelFolderError(
             f"{resume!r} is not a complete checkpoint folder (no {COMPLETE_MARKER}). "
             f"Use 'latest' or one of: {[str(p) for _, p in list_checkpoints(output_dir)]}."
         )

@@ -9,10 +9,10 @@ and a value that does not convert is an error naming the key, the type and the v
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -20,11 +20,22 @@ from typing import Any, TypeVar
 
 import yaml
 
+from minidalle.errors import ConfigError, OneLineParser
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
-    """A configuration that cannot be used, with a message that says how to fix it."""
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML would keep the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"key {key!r} is given twice (line {key_node.start_mark.line + 1}).")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -104,9 +115,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, bool):
             raise ConfigError(f"Config key {key!r} expects a number, got {value!r}.")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"Config key {key!r} expects a number, got {value!r}.") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"Config key {key!r} expects a finite number, got {value!r}.")
+        return number
     if tp is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"Config key {key!r} expects a string, got {value!r}.")
@@ -124,8 +138,10 @@ def build_dataclass(cls: type[T], values: dict[str, Any], where: str = "config")
         kwargs[key] = _coerce(value, types_by_name[key], f"{where}.{key}" if where != "config" else key)
     try:
         obj = cls(**kwargs)
-    except TypeError as err:
-        raise ConfigError(f"{where}: {err}") from None
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as err:  # the dataclass's own checks (__post_init__)
+        raise ConfigError(f"{where}: {err}" if where != "config" else str(err)) from None
     return obj
 
 
@@ -160,8 +176,16 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(
             f"Config file {str(path)!r} does not exist. Pass an existing YAML file, e.g. configs/."
         )
-    with path.open() as f:
-        data = yaml.safe_load(f) or {}
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"Config file {str(path)!r} is not text (UTF-8); give a YAML file.") from None
+    except ConfigError as err:
+        raise ConfigError(f"Config file {str(path)!r}: {err}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(
+            f"Config file {str(path)!r} is not valid YAML: {' '.join(str(err).split())}"
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"Config file {str(path)!r} must hold a mapping of keys to values.")
     return data
@@ -179,6 +203,16 @@ def load_json_object(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _parse_value(key: str, raw: str) -> Any:
+    """A command-line value read as YAML (numbers, lists, null), or kept as the string given."""
+    if raw.strip() == "":
+        return raw
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise ConfigError(f"Override --{key}: cannot read {raw!r} (quote lists as '[1, 2]').") from None
+
+
 def parse_config(
     cls: type[T],
     argv: list[str] | None = None,
@@ -192,7 +226,7 @@ def parse_config(
     ``ignore_file_keys``: top-level keys of the file that this command does not read (an evaluate
     command given the training config); on the command line they stay unknown keys.
     """
-    parser = argparse.ArgumentParser(description=description, allow_abbrev=False)
+    parser = OneLineParser(description=description, allow_abbrev=False)
     parser.add_argument("--config", type=str, default=None, help="YAML config file (see configs/)")
     known, rest = parser.parse_known_args(argv)
     tree: dict[str, Any] = load_yaml(known.config) if known.config else {}
@@ -218,5 +252,5 @@ def parse_config(
             if key not in _field_types(cls) and len(owners) == 1:
                 key = f"{owners[0]}.{key}"
         _check_dotted_key(cls, key)
-        _set_dotted(tree, key, yaml.safe_load(raw) if raw.strip() != "" else raw)
+        _set_dotted(tree, key, _parse_value(key, raw))
     return build_dataclass(cls, tree)

@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from minidalle.errors import DataError
+from minidalle.image_folder import check_metadata
 from minidalle.pixels import preprocess
 
 logger = logging.getLogger(__name__)
@@ -72,7 +74,7 @@ class DataConfig:
             raise ValueError(f"data.shuffle_buffer must be >= 0, got {self.shuffle_buffer}.")
 
 
-class NoUsableDataError(ValueError):
+class NoUsableDataError(DataError):
     pass
 
 
@@ -114,6 +116,7 @@ def load_captioned_dataset(cfg: DataConfig, split: str):
                 raise NoUsableDataError(
                     f"{metadata} is empty: it needs one line per image with 'file_name' and 'text'."
                 )
+            check_metadata(folder, cfg.caption_column)
             ds_all = datasets.load_dataset("imagefolder", data_dir=str(folder))
         else:
             kwargs: dict[str, Any] = {}
@@ -271,7 +274,10 @@ def infinite_batches(accelerator, dataloader, sampler: EpochSampler, start_micro
     """
     per_epoch = len(dataloader)
     if per_epoch == 0:
-        raise ValueError("The dataloader is empty: the dataset has fewer examples than one batch.")
+        raise DataError(
+            "The dataloader is empty: the dataset has fewer examples than one batch. "
+            "Lower train.batch_size or add data."
+        )
     epoch, skip = divmod(start_micro_step, per_epoch)
     while True:
         sampler.set_epoch(epoch)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from minidalle.errors import ArgumentError
+
 DTYPES = {
     "fp32": torch.float32,
     "float32": torch.float32,
@@ -25,21 +27,23 @@ def resolve_device_dtype(
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError) as err:
-        raise ValueError(
+        raise ArgumentError(
             f"device must be 'cpu', 'cuda', 'cuda:N' or a torch.device, got {device!r}: {err}"
         ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={str(device)!r} was asked for but CUDA is not available here; use 'cpu'.")
+        raise ArgumentError(
+            f"device={str(device)!r} was asked for but CUDA is not available here; use 'cpu'."
+        )
     if dtype is None:
         if device.type == "cuda":
             return device, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return device, torch.float32
     if isinstance(dtype, str):
         if dtype.lower() not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)} or a torch.dtype, got {dtype!r}.")
+            raise ArgumentError(f"dtype must be one of {sorted(DTYPES)} or a torch.dtype, got {dtype!r}.")
         return device, DTYPES[dtype.lower()]
     if dtype not in set(DTYPES.values()):
-        raise ValueError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, got {dtype!r}.")
+        raise ArgumentError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, got {dtype!r}.")
     return device, dtype
 
 

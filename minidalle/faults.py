@@ -98,3 +98,14 @@ class NonFiniteGuard:
     @property
     def exhausted(self) -> bool:
         return self.in_a_row >= self.max_in_a_row
+
+
+def weights_finite(accelerator, model: torch.nn.Module) -> bool:
+    """True on every rank if no process holds a non-finite weight (each checks its own shard)."""
+    bad = torch.zeros(1, device=accelerator.device)
+    for parameter in model.parameters():
+        local = parameter.to_local() if hasattr(parameter, "to_local") else parameter  # an FSDP2 shard
+        bad += (~torch.isfinite(local.detach())).sum().float().to(bad.device)
+    if accelerator.num_processes > 1:
+        bad = accelerator.reduce(bad, reduction="sum")
+    return bool(bad.item() == 0)

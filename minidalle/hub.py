@@ -16,7 +16,8 @@ from typing import Any, ClassVar
 import torch
 from safetensors.torch import load_file, save_file
 
-from minidalle.config import ConfigError, build_dataclass
+from minidalle.config import ConfigError, build_dataclass, load_json_object
+from minidalle.errors import ModelFolderError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -56,7 +57,24 @@ def resolve_model_dir(name_or_path: str | Path, files: tuple[str, ...] = (CONFIG
         )
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(repo_id=str(name_or_path), allow_patterns=list(files)))
+    try:
+        return Path(snapshot_download(repo_id=str(name_or_path), allow_patterns=list(files)))
+    except Exception as err:  # noqa: BLE001 - offline, no such repo, no access: all mean "not found"
+        raise ModelFolderError(
+            f"No such folder {str(name_or_path)!r}, and it could not be fetched as a Hugging Face Hub repo id "
+            f"(that needs the network and an existing repo: {type(err).__name__}). Give an existing folder."
+        ) from None
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a file cut short or of another format is a ModelFolderError."""
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types for a bad file
+        raise ModelFolderError(
+            f"{path} cannot be read as safetensors ({' '.join(str(err).split())}): the file is cut short or "
+            "is not a model file. Copy or export the model again."
+        ) from None
 
 
 class PretrainedMixin:
@@ -80,7 +98,7 @@ class PretrainedMixin:
     @classmethod
     def load_config(cls, name_or_path: str | Path) -> Any:
         folder = resolve_model_dir(name_or_path, (CONFIG_NAME,))
-        raw: dict[str, Any] = json.loads((folder / CONFIG_NAME).read_text())
+        raw: dict[str, Any] = load_json_object(folder / CONFIG_NAME)
         model_type = raw.pop("model_type", None)
         if model_type != cls.model_type:
             raise ConfigError(
@@ -96,10 +114,10 @@ class PretrainedMixin:
         folder = resolve_model_dir(name_or_path)
         config = cls.load_config(folder)
         model = cls(config)
-        state = load_file(str(folder / WEIGHTS_NAME), device="cpu")
+        state = read_safetensors(folder / WEIGHTS_NAME)
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise ValueError(
+            raise ModelFolderError(
                 f"Weights in {folder / WEIGHTS_NAME} do not fit the config: missing {missing[:5]}, "
                 f"unexpected {unexpected[:5]}."
             )

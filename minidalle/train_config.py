@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from minidalle.arguments import MAX_BATCH_SIZE
+
 
 @dataclass
 class TrainConfig:
@@ -42,7 +44,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         checks = [
             (self.max_steps >= 1, "train.max_steps must be >= 1"),
-            (self.batch_size >= 1, "train.batch_size must be >= 1"),
+            (1 <= self.batch_size <= MAX_BATCH_SIZE, f"train.batch_size must lie in [1, {MAX_BATCH_SIZE}]"),
             (self.gradient_accumulation_steps >= 1, "train.gradient_accumulation_steps must be >= 1"),
             (self.learning_rate > 0, "train.learning_rate must be > 0"),
             (0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio must lie in [0, 1]"),
@@ -89,3 +91,12 @@ def cosine_with_warmup(
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def restore_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, step: int) -> None:
+    """Set the schedule to where it is after ``step`` optimizer steps. A LambdaLR's state is only its step
+    count, so resuming needs no pickled scheduler file (which would run code on loading)."""
+    lrs = [base * factor(step) for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    scheduler.load_state_dict({**scheduler.state_dict(), "last_epoch": step, "_last_lr": lrs})
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+        group["lr"] = lr

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -24,12 +25,19 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin, set_seed
 from tqdm.auto import tqdm
 
-from minidalle.checkpoints import checkpoint_step, prepare_output_dir, resolve_resume, save_checkpoint
+from minidalle.checkpoints import (
+    checkpoint_step,
+    list_checkpoints,
+    prepare_output_dir,
+    resolve_resume,
+    save_checkpoint,
+)
 from minidalle.devices import allow_tf32_on_cuda
 from minidalle.distributed import drop_fp32_output_copy, export_state_dict, unwrap
-from minidalle.faults import GracefulStop, NonFiniteGuard, fault_active
+from minidalle.errors import ModelFolderError
+from minidalle.faults import GracefulStop, NonFiniteGuard, fault_active, weights_finite
 from minidalle.metrics_log import MetricsLog, flat_config
-from minidalle.train_config import TrainConfig, cosine_with_warmup
+from minidalle.train_config import TrainConfig, cosine_with_warmup, restore_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -118,11 +126,10 @@ class TrainingRun:
         (the caller upcasts what it uses). With train.compile the model is compiled after the wrapping.
         """
         accelerator, tcfg = self.accelerator, self.tcfg
-        # Stepped by us once per optimizer step (not prepared, so it is not stepped once per process)
-        # and checkpointed with the rest of the state.
+        # Stepped by us once per optimizer step (not prepared, so it is not stepped once per process);
+        # not registered for checkpointing (accelerate would pickle it): resume sets it from the step.
         self.scheduler = cosine_with_warmup(optimizer, tcfg)
         model, optimizer, *loaders = accelerator.prepare(model, optimizer, *loaders)
-        accelerator.register_for_checkpointing(self.scheduler)
         if not fp32_outputs:
             drop_fp32_output_copy(accelerator, model)
         if tcfg.compile:
@@ -135,8 +142,15 @@ class TrainingRun:
     def resume(self) -> int:
         """Load the checkpoint being resumed, if any; open the progress bar. Returns the step reached."""
         if self.resume_path is not None:
-            self.accelerator.load_state(str(self.resume_path))
+            try:  # accelerate reads the optimizer and RNG files with torch.load(weights_only=True)
+                self.accelerator.load_state(str(self.resume_path))
+            except pickle.UnpicklingError as err:
+                raise ModelFolderError(
+                    f"Checkpoint {self.resume_path} holds a file that is not plain tensors and numbers "
+                    f"({' '.join(str(err).split())[:200]}); it was not loaded. Resume from another checkpoint."
+                ) from None
             self.step = checkpoint_step(self.resume_path)
+            restore_schedule(self.scheduler, self.step)
             logger.info("Resumed from %s at step %d", self.resume_path, self.step)
         self.progress = tqdm(
             total=self.tcfg.max_steps,
@@ -184,11 +198,13 @@ class TrainingRun:
         self.step += 1
         self.progress.update(1)
         if self.guard.exhausted:
-            self.checkpoint(reason="non-finite")
+            saved = self.checkpoint(reason="non-finite")
             accelerator.end_training()
+            latest = list_checkpoints(self.output_dir)
+            kept = f"saved in {saved}" if saved else f"kept: {latest[-1][1] if latest else 'none yet'}"
             sys.exit(
                 f"Stopping: {self.guard.in_a_row} non-finite steps in a row ({self.nonfinite_hint}). "
-                f"Last good state saved in {self.output_dir}."
+                f"Last good state {kept}."
             )
         return grad_norm
 
@@ -214,8 +230,14 @@ class TrainingRun:
         if self.accelerator.is_main_process:
             self.save(unwrap(self.accelerator, self.model), folder, state)
 
-    def checkpoint(self, **extra) -> Path:
-        """A complete checkpoint of this step, with the exported model inside. Call on every process."""
+    def checkpoint(self, **extra) -> Path | None:
+        """A complete checkpoint of this step, with the exported model inside. Call on every process.
+
+        Weights that are no longer finite are never saved (None): a NaN checkpoint would become
+        ``latest`` and push a good one out of ``checkpoints_total_limit``."""
+        if not weights_finite(self.accelerator, self.model):
+            logger.error("Step %d: the weights are not finite; no checkpoint written.", self.step)
+            return None
         extra.update(self.checkpoint_extra())
         return save_checkpoint(
             self.accelerator,
@@ -233,7 +255,8 @@ class TrainingRun:
         stopping = self.stop.should_stop(self.accelerator) or self.step == self.tcfg.stop_after_steps
         if stopping or self.every(self.tcfg.checkpoint_every):
             path = self.checkpoint()
-            self.progress.write(f"step {self.step}: saved {path}")
+            if path is not None:
+                self.progress.write(f"step {self.step}: saved {path}")
         if stopping:
             stop = self.stop
             reason = f"{stop.signal_name} received" if stop.requested else "train.stop_after_steps reached"

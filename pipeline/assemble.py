@@ -18,6 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from minidalle.errors import ModelFolderError, OneLineParser, OutputFolderError, run_main
 from minidalle.hub import model_fingerprint
 from stage2_transformer.stage1_record import STAGE1_RECORD, describe, read_stage1_record, recorded_stage1_path
 
@@ -25,6 +26,7 @@ from .folder import PIPELINE_CONFIG_FILE, TOKENIZER_DIR, TRANSFORMER_DIR, VQVAE_
 from .pipeline import MiniDallePipeline
 
 _VQVAE_FILES = ("config.json", "model.safetensors")
+_PIPELINE_ENTRIES = {PIPELINE_CONFIG_FILE, VQVAE_DIR, TRANSFORMER_DIR, TOKENIZER_DIR}
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
@@ -62,7 +64,7 @@ def assemble_pipeline(
     record = read_stage1_record(stage2, search_parent=True)
     if stage1 is None:
         if record is None:
-            raise ValueError(
+            raise ModelFolderError(
                 f"No --stage1 given and no {STAGE1_RECORD} in {str(stage2)!r} names the stage-1 model."
             )
         stage1 = recorded_stage1_path(record)
@@ -74,14 +76,14 @@ def assemble_pipeline(
     vqvae_dir = find_vqvae_dir(stage1)
     fingerprint = model_fingerprint(vqvae_dir)
     if record is not None and record.get("fingerprint") != fingerprint:
-        raise ValueError(
+        raise ModelFolderError(
             f"The stage-2 run {str(stage2)!r} was trained on codes of the stage-1 model {describe(record)} "
             f"(fingerprint {record.get('fingerprint')}), but {str(vqvae_dir)!r} has fingerprint {fingerprint}. "
             "Give the stage-1 model the transformer was trained with."
         )
     unknown = sorted(set(config_overrides) - set(PipelineConfig.__dataclass_fields__))
     if unknown or {"stage1_fingerprint", "sources", "format_version"} & set(config_overrides):
-        raise ValueError(
+        raise ModelFolderError(
             f"Unknown or reserved pipeline settings {sorted(config_overrides)}; allowed: temperature, top_k, "
             "top_p, guidance_scale, batch_size, max_batch_size."
         )
@@ -90,8 +92,7 @@ def assemble_pipeline(
         stage1_fingerprint=fingerprint,
         sources={"stage1": str(vqvae_dir), "stage2": str(stage2)},
     )
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{str(out_dir)!r} exists and is not empty; pass overwrite=True (--overwrite).")
+    check_replaceable(out_dir, overwrite)
 
     # Build in a sibling temporary folder and swap it in, so a failure never leaves half a pipeline.
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -114,6 +115,26 @@ def assemble_pipeline(
     return out_dir
 
 
+def check_replaceable(out_dir: Path, overwrite: bool) -> None:
+    """``out_dir`` may be written: new, empty, or (with ``overwrite``) an earlier pipeline and nothing else,
+    so that --overwrite can never delete a training run or other files."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputFolderError(f"--out {str(out_dir)!r} is a file; give a folder.")
+    if not out_dir.exists() or not any(out_dir.iterdir()):
+        return
+    if not overwrite:
+        raise OutputFolderError(
+            f"{str(out_dir)!r} exists and is not empty; pass overwrite=True (--overwrite)."
+        )
+    others = sorted(p.name for p in out_dir.iterdir() if p.name not in _PIPELINE_ENTRIES)
+    if others or not (out_dir / PIPELINE_CONFIG_FILE).is_file():
+        raise OutputFolderError(
+            f"--overwrite replaces an earlier pipeline folder only, but {str(out_dir)!r} "
+            f"{'also holds ' + ', '.join(others[:5]) if others else 'has no ' + PIPELINE_CONFIG_FILE} "
+            "(a training run or other files). Choose another --out."
+        )
+
+
 def _is_data_file(path: Path) -> bool:
     return path.is_file() and path.suffix in (".json", ".safetensors")
 
@@ -129,9 +150,12 @@ def _copy(src: Path, dst: Path, names, required) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    """The command line; a user mistake is one line on stderr and exit code 2 (``--debug``: traceback)."""
+    return run_main(_assemble, argv)
+
+
+def _assemble(argv: list[str]) -> int:
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--stage1", default=None, help="stage-1 run folder or its vqvae/ (default: stage1.json)"
     )
@@ -147,11 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     names = ("temperature", "top_k", "top_p", "guidance_scale", "batch_size", "max_batch_size")
     overrides = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
-    try:
-        out = assemble_pipeline(args.stage1, args.stage2, args.out, overwrite=args.overwrite, **overrides)
-    except (OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    out = assemble_pipeline(args.stage1, args.stage2, args.out, overwrite=args.overwrite, **overrides)
     print(
         f"Assembled {out} (try: python -m pipeline.generate --model {out} --prompt '...' -n 4 --out grid.png)"
     )

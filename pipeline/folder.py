@@ -21,6 +21,7 @@ import torch
 
 from minidalle.arguments import check_int
 from minidalle.config import ConfigError, build_dataclass, load_json_object
+from minidalle.errors import ModelFolderError
 from minidalle.hub import model_fingerprint
 from stage1_vqvae.model import VQVAE
 from stage2_transformer.layout import LAYOUT_FILE, SequenceLayout
@@ -33,7 +34,7 @@ FORMAT_VERSION = 1
 VQVAE_DIR, TRANSFORMER_DIR, TOKENIZER_DIR = "vqvae", "transformer", "tokenizer"
 
 
-class IncompatiblePartsError(ValueError):
+class IncompatiblePartsError(ModelFolderError):
     """The stage-1 model, the transformer and the tokenizer of a pipeline do not fit together."""
 
 
@@ -81,11 +82,19 @@ class PipelineConfig:
         Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n", encoding="utf-8")
 
 
-def load_parts(folder: Path, device: torch.device, dtype: torch.dtype):
+def load_parts(folder: Path, device: torch.device, dtype: torch.dtype, allow_unverified: bool = False):
     """Read a pipeline folder -> (vqvae, transformer, layout, tokenizer, config), checking as it goes:
-    the cheap checks come first, so a mismatched folder fails before the transformer's weights are read."""
+    the cheap checks come first, so a mismatched folder fails before the transformer's weights are read.
+    A config without ``stage1_fingerprint`` cannot prove its stage-1 model: refused unless
+    ``allow_unverified``."""
     check_pipeline_folder(folder)
     config = PipelineConfig.load(folder / PIPELINE_CONFIG_FILE)
+    if config.stage1_fingerprint is None and not allow_unverified:
+        raise ModelFolderError(
+            f"{folder / PIPELINE_CONFIG_FILE} has no stage1_fingerprint, so nothing shows that {VQVAE_DIR}/ "
+            "is the model the transformer was trained on. Re-assemble the folder with python -m "
+            "pipeline.assemble, or pass --allow-unverified (allow_unverified=True) to load it anyway."
+        )
     layout = SequenceLayout.load(folder / TRANSFORMER_DIR)
     tokenizer = load_caption_tokenizer(folder / TOKENIZER_DIR)
     vqvae = VQVAE.from_pretrained(folder / VQVAE_DIR, device=device)

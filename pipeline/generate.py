@@ -14,22 +14,26 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 import warnings
 from pathlib import Path
 
 from transformers.utils import logging as hf_logging
 
+from minidalle.arguments import check_writable_file
+from minidalle.errors import ArgumentError, OneLineParser, run_main
 from minidalle.images import captioned_grid
 
 from .pipeline import MiniDallePipeline
 
 SAMPLING = ("temperature", "top_k", "top_p", "guidance_scale")  # flags left out: the pipeline's defaults
+IMAGE_NAME = re.compile(r"p\d{3,}_\d{2,}\.png")  # the single images' names, p{prompt}_{image}.png
 MAX_PROMPT_CHARS = 2000  # longer lines are almost surely a wrong file; the model reads a few dozen tokens
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="pipeline folder (python -m pipeline.assemble makes one)")
     p.add_argument("--prompt", action="append", default=[], help="a prompt; repeat for several")
     p.add_argument("--prompts-file", help="a text file with one prompt per line (blank lines skipped)")
@@ -48,6 +52,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rerank-clip", help="a local CLIPModel folder: keep the best -n of --num-candidates")
     p.add_argument("--num-candidates", type=int)
     p.add_argument("--columns", type=int, help="grid columns (default: images per prompt, at most 8)")
+    p.add_argument(
+        "--allow-unverified", action="store_true", help="load a pipeline without a stage-1 fingerprint"
+    )
     return p.parse_args(argv)
 
 
@@ -59,20 +66,16 @@ def read_prompts(args: argparse.Namespace) -> list[str]:
             raise FileNotFoundError(f"--prompts-file {str(path)!r} does not exist.")
         prompts += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not prompts:
-        raise ValueError("give at least one --prompt or a --prompts-file with one prompt per line.")
+        raise ArgumentError("give at least one --prompt or a --prompts-file with one prompt per line.")
     for i, prompt in enumerate(prompts):
         if len(prompt) > MAX_PROMPT_CHARS:
-            raise ValueError(f"prompt {i} has {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}.")
+            raise ArgumentError(f"prompt {i} has {len(prompt)} characters; the limit is {MAX_PROMPT_CHARS}.")
     return prompts
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        return _generate(args)
-    except (OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    """The command line; a user mistake is one line on stderr and exit code 2 (``--debug``: traceback)."""
+    return run_main(lambda args: _generate(parse_args(args)), argv)
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -80,23 +83,31 @@ def _generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     prompts = read_prompts(args)
+    out = check_writable_file("--out", args.out if Path(args.out).suffix else f"{args.out}.png")
     hf_logging.disable_progress_bar()  # the "Loading weights" bar is noise here
-    pipe = MiniDallePipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    pipe = MiniDallePipeline.from_pretrained(
+        args.model, device=args.device, dtype=args.dtype, allow_unverified=args.allow_unverified
+    )
     extra = {}
     if args.image is not None:
-        extra["image"] = Image.open(args.image)
+        try:
+            extra["image"] = Image.open(args.image)
+        except OSError as err:
+            raise ArgumentError(f"--image {args.image!r} cannot be read as an image ({err}).") from None
         extra["keep_rows"] = args.keep_rows
     elif args.keep_rows is not None:
-        raise ValueError("--keep-rows needs --image, the picture to complete.")
+        raise ArgumentError("--keep-rows needs --image, the picture to complete.")
     if args.rerank_clip:
         from .rerank import ClipReranker
 
         extra["rerank_with"] = ClipReranker(args.rerank_clip, device=pipe.device)
         extra["num_candidates"] = args.num_candidates
     elif args.num_candidates is not None:
-        raise ValueError("--num-candidates needs --rerank-clip, the CLIP model that picks the best.")
+        raise ArgumentError("--num-candidates needs --rerank-clip, the CLIP model that picks the best.")
 
-    bar = tqdm(total=1.0, unit="", desc="sampling rows", bar_format="{l_bar}{bar}| {elapsed}<{remaining}")
+    bar = tqdm(  # delay: a call refused by the pipeline's checks prints no bar before its error line
+        total=1.0, unit="", desc="sampling rows", bar_format="{l_bar}{bar}| {elapsed}<{remaining}", delay=0.1
+    )
 
     def on_row(event) -> None:
         bar.n = round(event.progress, 4)
@@ -110,11 +121,11 @@ def _generate(args: argparse.Namespace) -> int:
     bar.n = 1.0
     bar.close()
 
-    out = Path(args.out)
-    if not out.suffix:
-        out = out.with_suffix(".png")
     image_dir = out.with_name(out.stem + "_images")
     image_dir.mkdir(parents=True, exist_ok=True)
+    for stale in image_dir.iterdir():  # images an earlier run with this --out wrote; nothing else
+        if IMAGE_NAME.fullmatch(stale.name):
+            stale.unlink()
     out.parent.mkdir(parents=True, exist_ok=True)
     per_prompt = len(output.images) // len(prompts)
     paths = []

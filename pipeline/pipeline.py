@@ -21,6 +21,7 @@ from PIL import Image
 
 from minidalle.arguments import check_int
 from minidalle.devices import allow_tf32_on_cuda, resolve_device_dtype
+from minidalle.errors import ArgumentError
 from minidalle.pixels import pil_to_tensor, resize_center_crop, tensor_to_pil, to_rgb
 from stage1_vqvae.model import VQVAE
 from stage2_transformer import sampling
@@ -30,7 +31,14 @@ from stage2_transformer.tokenizer import CaptionTruncatedWarning, encode_caption
 from .folder import PipelineConfig, load_parts, part_mismatches, raise_if_incompatible, save_parts
 from .outputs import PipelineOutput, PromptTruncatedWarning, RowEvent
 from .seeds import check_seed, image_seed
-from .settings import GenerationSettings, check_candidates, check_completion, check_prompts
+from .settings import (
+    MAX_IMAGES_PER_PROMPT,
+    GenerationSettings,
+    check_candidates,
+    check_completion,
+    check_prompts,
+    check_total,
+)
 from .stream import GenerationStream
 
 RowCallback = Callable[[RowEvent], None]
@@ -62,13 +70,15 @@ class MiniDallePipeline:
         path: str | Path,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
+        allow_unverified: bool = False,
     ) -> MiniDallePipeline:
         """Load a local pipeline folder. ``device``: default CUDA when present, else CPU. ``dtype`` (of the
         transformer; the small VQ-VAE stays float32): default bf16 on CUDA (fp16 where bf16 is missing),
-        float32 on the CPU."""
+        float32 on the CPU. ``allow_unverified``: load a folder whose config records no stage-1
+        fingerprint (otherwise refused)."""
         device, dtype = resolve_device_dtype(device, dtype)
         allow_tf32_on_cuda(device)  # the VQ-VAE decode runs in fp32
-        return cls(*load_parts(Path(path), device, dtype))
+        return cls(*load_parts(Path(path), device, dtype, allow_unverified))
 
     def save_pretrained(self, path: str | Path) -> Path:
         """Write the folder ``from_pretrained`` reads (weights in their current dtype)."""
@@ -131,6 +141,8 @@ class MiniDallePipeline:
     def complete(self, image: Image.Image, prompt: str, keep_rows: int, **settings) -> PipelineOutput:
         """Image completion (the DALL-E blog's image prompts): keep the first ``keep_rows`` rows of the
         image's codes and sample the rest under ``prompt``. Other arguments as for ``__call__``."""
+        if not isinstance(prompt, str):
+            raise ArgumentError(f"complete() takes one prompt (a string), got {type(prompt).__name__}.")
         return self(prompt, image=image, keep_rows=keep_rows, **settings)
 
     # ----------------------------------------------------------------------------------------------
@@ -141,13 +153,16 @@ class MiniDallePipeline:
         ``num_candidates`` is then the images sampled per prompt, ``image`` one image per prompt."""
         cfg = self.config
         prompts = check_prompts(prompts)
-        num_images = check_int("num_images_per_prompt", settings.num_images_per_prompt, 1, None)
+        num_images = check_int(
+            "num_images_per_prompt", settings.num_images_per_prompt, 1, MAX_IMAGES_PER_PROMPT
+        )
         temperature = cfg.temperature if settings.temperature is None else settings.temperature
         top_k = cfg.top_k if settings.top_k is None else settings.top_k
         top_p = cfg.top_p if settings.top_p is None else settings.top_p
         guidance_scale = cfg.guidance_scale if settings.guidance_scale is None else settings.guidance_scale
         top_k = sampling.check_sampling_args(temperature, top_k, top_p, guidance_scale)
         per_prompt = check_candidates(settings.rerank_with, settings.num_candidates, num_images)
+        check_total(len(prompts), per_prompt)
         batch_size = settings.batch_size
         if batch_size is None:
             batch_size = min(len(prompts) * per_prompt, cfg.batch_size)

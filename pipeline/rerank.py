@@ -17,6 +17,8 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
+from minidalle.errors import ArgumentError
+
 
 class ClipReranker:
     def __init__(self, path: str | Path, device: str | torch.device | None = None, batch_size: int = 64):
@@ -27,7 +29,7 @@ class ClipReranker:
                 "saved with save_pretrained, plus its tokenizer and image processor)."
             )
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+            raise ArgumentError(f"batch_size must be >= 1, got {batch_size}.")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.batch_size = batch_size
         load = {"local_files_only": True, "trust_remote_code": False}

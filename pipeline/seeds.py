@@ -13,6 +13,7 @@ import secrets
 import numpy as np
 
 from minidalle.arguments import check_int
+from minidalle.errors import ArgumentError
 
 MAX_SEED = 2**63 - 1
 RANDOM_SEEDS_BELOW = 2**31  # drawn seeds stay short enough to show and type back in a UI
@@ -28,7 +29,7 @@ def check_seed(seed, num_prompts: int) -> int | list[int]:
         return draw_seed()
     if isinstance(seed, (list, tuple)):
         if len(seed) != num_prompts:
-            raise ValueError(
+            raise ArgumentError(
                 f"seed must be one integer or a list with one integer per prompt ({num_prompts}); "
                 f"got a list of {len(seed)}."
             )

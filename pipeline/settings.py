@@ -12,6 +12,13 @@ from dataclasses import dataclass
 from PIL import Image
 
 from minidalle.arguments import check_int
+from minidalle.errors import ArgumentError
+
+# Upper bounds on the counts a caller types: a call beyond them would run for hours and hold every
+# decoded image in memory at once; split such work into several calls.
+MAX_PROMPTS = 1024
+MAX_IMAGES_PER_PROMPT = 256
+MAX_IMAGES_PER_CALL = 4096  # prompts x images (or candidates) per prompt
 
 
 @dataclass(frozen=True)
@@ -40,14 +47,16 @@ def check_prompts(prompts) -> list[str]:
     if isinstance(prompts, str):
         prompts = [prompts]
     if not isinstance(prompts, (list, tuple)):
-        raise ValueError(f"prompts must be a string or a list of strings, got {type(prompts).__name__}.")
+        raise ArgumentError(f"prompts must be a string or a list of strings, got {type(prompts).__name__}.")
     if not prompts:
-        raise ValueError("prompts is empty: give at least one prompt.")
+        raise ArgumentError("prompts is empty: give at least one prompt.")
+    if len(prompts) > MAX_PROMPTS:
+        raise ArgumentError(f"{len(prompts)} prompts in one call; the limit is {MAX_PROMPTS}: split them.")
     for i, prompt in enumerate(prompts):
         if not isinstance(prompt, str):
-            raise ValueError(f"prompt {i} must be a string, got {type(prompt).__name__}.")
+            raise ArgumentError(f"prompt {i} must be a string, got {type(prompt).__name__}.")
         if not prompt.strip():
-            raise ValueError(f"prompt {i} is empty or whitespace: describe the image to generate.")
+            raise ArgumentError(f"prompt {i} is empty or whitespace: describe the image to generate.")
     return list(prompts)
 
 
@@ -55,18 +64,18 @@ def check_completion(image, keep_rows, num_prompts: int, grid_h: int) -> tuple[l
     """(the images to complete, one per prompt, or None; the rows of codes to keep from them)."""
     if image is None:
         if keep_rows is not None:
-            raise ValueError("keep_rows needs an image to complete (image=...).")
+            raise ArgumentError("keep_rows needs an image to complete (image=...).")
         return None, 0
     if keep_rows is None:
-        raise ValueError(f"image completion needs keep_rows, the rows to keep, in [0, {grid_h}].")
+        raise ArgumentError(f"image completion needs keep_rows, the rows to keep, in [0, {grid_h}].")
     keep_rows = check_int("keep_rows", keep_rows, 0, grid_h)
     images = [image] if isinstance(image, Image.Image) else list(image)
     if not all(isinstance(im, Image.Image) for im in images):
-        raise ValueError("image must be a PIL image or a list of PIL images (one per prompt).")
+        raise ArgumentError("image must be a PIL image or a list of PIL images (one per prompt).")
     if len(images) == 1:
         images = images * num_prompts
     if len(images) != num_prompts:
-        raise ValueError(f"image must be one image or one per prompt ({num_prompts}); got {len(images)}.")
+        raise ArgumentError(f"image must be one image or one per prompt ({num_prompts}); got {len(images)}.")
     return images, keep_rows
 
 
@@ -74,14 +83,22 @@ def check_candidates(rerank_with, num_candidates, num_images_per_prompt: int) ->
     """The images to sample per prompt: ``num_images_per_prompt``, or more to re-rank."""
     if rerank_with is None:
         if num_candidates is not None:
-            raise ValueError(
+            raise ArgumentError(
                 "num_candidates needs rerank_with (a ClipReranker) to choose among the candidates."
             )
         return num_images_per_prompt
     if not callable(getattr(rerank_with, "score", None)):
-        raise ValueError(
+        raise ArgumentError(
             f"rerank_with must be a ClipReranker (an object with a score(images, prompts) method), "
             f"got {type(rerank_with).__name__}."
         )
     wanted = 2 * num_images_per_prompt if num_candidates is None else num_candidates
-    return check_int("num_candidates", wanted, num_images_per_prompt, None)
+    return check_int("num_candidates", wanted, num_images_per_prompt, MAX_IMAGES_PER_PROMPT)
+
+
+def check_total(num_prompts: int, per_prompt: int) -> None:
+    if num_prompts * per_prompt > MAX_IMAGES_PER_CALL:
+        raise ArgumentError(
+            f"{num_prompts} prompts x {per_prompt} images is {num_prompts * per_prompt} images in one call; "
+            f"the limit is {MAX_IMAGES_PER_CALL}: split the work into several calls."
+        )

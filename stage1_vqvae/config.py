@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 
@@ -23,6 +24,15 @@ class VQVAEConfig:
     def __post_init__(self) -> None:
         if not self.channel_multipliers:
             raise ValueError("channel_multipliers needs at least one entry.")
+        for name in ("resolution", "in_channels", "base_channels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if min(self.channel_multipliers) < 1:
+            raise ValueError(f"channel_multipliers must all be >= 1, got {self.channel_multipliers}.")
+        if self.num_res_blocks < 0:
+            raise ValueError(f"num_res_blocks must be >= 0, got {self.num_res_blocks}.")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}.")
         if self.codebook_size < 2:
             raise ValueError(f"codebook_size must be >= 2, got {self.codebook_size}.")
         if self.codebook_dim < 1:
@@ -32,8 +42,8 @@ class VQVAEConfig:
                 f"resolution {self.resolution} is not divisible by the downsampling factor "
                 f"{self.downsample_factor}; change resolution or channel_multipliers."
             )
-        if self.beta < 0:
-            raise ValueError(f"beta must be >= 0, got {self.beta}.")
+        if not (math.isfinite(self.beta) and self.beta >= 0):
+            raise ValueError(f"beta must be a finite number >= 0, got {self.beta}.")
 
     @property
     def downsample_factor(self) -> int:

@@ -11,6 +11,7 @@ position and size from the reconstructions as the captions state them (``all_fou
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,9 +19,11 @@ import torch
 from accelerate import PartialState
 
 from minidalle import data as data_lib
+from minidalle.arguments import MAX_BATCH_SIZE, check_int, check_writable_file
 from minidalle.checker import attributes_right
 from minidalle.config import parse_config
 from minidalle.devices import allow_tf32_on_cuda
+from minidalle.errors import run_main
 from minidalle.report import report_metrics
 from stage1_vqvae.evaluation import evaluate_reconstruction
 from stage1_vqvae.model import VQVAE
@@ -34,6 +37,10 @@ class Stage1EvalConfig:
     batch_size: int = 64
     output_json: str | None = None
 
+    def __post_init__(self) -> None:
+        check_int("max_images", self.max_images, 1, None)
+        check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
+
 
 # Keys of a training config (configs/stage1_*.yaml) that evaluation does not read: the same file
 # serves both commands.
@@ -42,6 +49,8 @@ TRAINING_ONLY_KEYS = ("train", "codebook", "num_eval_images", "num_grid_images")
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(Stage1EvalConfig, argv, description=__doc__, ignore_file_keys=TRAINING_ONLY_KEYS)
+    if cfg.output_json:
+        check_writable_file("output_json", cfg.output_json)
     device = PartialState().device
     allow_tf32_on_cuda(device)  # the VQ-VAE runs in fp32
     model = VQVAE.from_pretrained(cfg.model, device=device)
@@ -62,4 +71,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import sys
 from collections import deque
 from functools import partial
 from pathlib import Path
@@ -25,6 +26,7 @@ from minidalle.checker import attributes_right
 from minidalle.checkpoints import read_marker
 from minidalle.config import ConfigError, parse_config
 from minidalle.distributed import gather_rows, unwrap
+from minidalle.errors import run_main
 from minidalle.images import reconstruction_grid, to_chw_uint8
 from minidalle.metrics_log import device_memory_metrics, format_metrics
 from minidalle.pixels import tensor_to_pil
@@ -267,4 +269,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

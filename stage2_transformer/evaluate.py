@@ -14,15 +14,18 @@ samples beside their true images to ``<run>/heldout_samples.png``. Prints a tabl
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from accelerate import Accelerator
 
 from minidalle import data as data_lib
+from minidalle.arguments import check_int, check_writable_file
 from minidalle.checker import score_images
 from minidalle.config import parse_config
 from minidalle.devices import allow_tf32_on_cuda
+from minidalle.errors import run_main
 from minidalle.hub import model_fingerprint
 from minidalle.report import report_metrics
 from stage1_vqvae.model import VQVAE
@@ -31,6 +34,7 @@ from stage2_transformer.heldout_style import check_heldout_columns, heldout_grid
 from stage2_transformer.model import load_transformer
 from stage2_transformer.precompute import precompute_codes
 from stage2_transformer.run_config import CodesConfig, SamplingConfig
+from stage2_transformer.sampling import check_sampling_args
 from stage2_transformer.stage1_record import STAGE1_RECORD, describe, read_stage1_record, recorded_stage1_path
 from stage2_transformer.tokenizer import load_caption_tokenizer
 
@@ -50,6 +54,12 @@ class Stage2EvalConfig:
     diversity_captions: int = 64  # with heldout_style: captions sampled 4 times each for diversity
     grid_pairs: int = 16  # with heldout_style: held-out (sample, true image) pairs in the grid
     output_json: str | None = None
+
+    def __post_init__(self) -> None:
+        check_int("max_examples", self.max_examples, 1, None)
+        check_int("num_samples", self.num_samples, 1, None)
+        for scale in self.guidance_scales:
+            check_sampling_args(self.sampling.temperature, None, None, scale)
 
 
 # Keys of a training config (configs/stage2_*.yaml) that evaluation does not read: the same file
@@ -84,6 +94,8 @@ def stage1_model_of_run(run: Path, vqvae: str | None) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(Stage2EvalConfig, argv, description=__doc__, ignore_file_keys=TRAINING_ONLY_KEYS)
+    if cfg.output_json:
+        check_writable_file("output_json", cfg.output_json)
     accelerator = Accelerator()
     allow_tf32_on_cuda(accelerator.device)  # pre-encoding, the prior and the VQ-VAE decode run in fp32
     run = Path(cfg.run)
@@ -143,4 +155,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

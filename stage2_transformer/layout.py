@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from minidalle.config import load_json_object
+from minidalle.errors import ModelFolderError
 
 LAYOUT_FILE = "sequence_layout.json"
 
@@ -169,14 +170,14 @@ class SequenceLayout:
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(data) - set(names) - set(_DERIVED))
         if unknown:
-            raise ValueError(f"{path}: unknown keys {unknown}; expected {names}.")
+            raise ModelFolderError(f"{path}: unknown keys {unknown}; expected {names}.")
         missing = [n for n in names if n not in data]
         if missing:
-            raise ValueError(f"{path}: missing keys {missing}.")
+            raise ModelFolderError(f"{path}: missing keys {missing}.")
         layout = cls(**{n: data[n] for n in names})
         for name in _DERIVED:
             if name in data and data[name] != getattr(layout, name):
-                raise ValueError(
+                raise ModelFolderError(
                     f"{path}: {name}={data[name]} disagrees with the value {getattr(layout, name)} "
                     "derived from the other fields; the file was edited by hand or is corrupt."
                 )

@@ -12,7 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+from transformers.utils import logging as hf_logging
+
+from minidalle.errors import ModelFolderError
 
 from .layout import LAYOUT_FILE, SequenceLayout
 
@@ -123,14 +127,35 @@ def load_transformer(
         )
     layout = SequenceLayout.load(path)
     kwargs = {} if torch_dtype is None else {"dtype": torch_dtype}
-    model = AutoModelForCausalLM.from_pretrained(
-        path,
-        local_files_only=True,
-        trust_remote_code=False,
-        use_safetensors=True,
-        attn_implementation="sdpa",
-        **kwargs,
-    )
+    verbosity, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()  # its table of missing weights is replaced by the error below
+    hf_logging.disable_progress_bar()  # and a bar for a load of a second is noise
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(
+            path,
+            local_files_only=True,
+            trust_remote_code=False,
+            use_safetensors=True,
+            attn_implementation="sdpa",
+            output_loading_info=True,
+            **kwargs,
+        )
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:
+        raise ModelFolderError(f"{path} cannot be loaded: {' '.join(str(err).split())[:500]}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bar:
+            hf_logging.enable_progress_bar()
+    # transformers fills missing weights with random ones and only prints a table: refuse instead
+    wrong = {k: sorted(info[k]) for k in ("missing_keys", "unexpected_keys", "mismatched_keys") if info[k]}
+    if wrong:
+        details = "; ".join(
+            f"{k.replace('_', ' ')} {v[:3]}{' ...' if len(v) > 3 else ''}" for k, v in wrong.items()
+        )
+        raise ModelFolderError(
+            f"{path}: the weights in model.safetensors do not fit config.json ({details}); the config was "
+            "edited or the files come from different models. Export the model again."
+        )
     if model.config.vocab_size != layout.vocab_size:
         raise ValueError(
             f"{path}: config.json has vocab_size={model.config.vocab_size} but {LAYOUT_FILE} implies "

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from minidalle import data as data_lib
+from minidalle.errors import ModelFolderError
 from minidalle.faults import fault_point
 from minidalle.hub import file_fingerprint, model_fingerprint
 from minidalle.pixels import preprocess
@@ -33,7 +34,7 @@ logger = logging.getLogger(__name__)
 META_FILE = "codes_meta.json"
 
 
-class CodesMismatchError(ValueError):
+class CodesMismatchError(ModelFolderError):
     pass
 
 

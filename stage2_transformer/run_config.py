@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from minidalle.arguments import MAX_BATCH_SIZE, check_int
 from minidalle.data import DataConfig
 from minidalle.train_config import TrainConfig
 from stage2_transformer.model import TransformerConfig
+from stage2_transformer.sampling import check_sampling_args
+
+MAX_SAMPLED_CAPTIONS = 256  # a grid of more is unreadable and slows every image_every step
 
 
 @dataclass
@@ -45,8 +49,7 @@ class CodesConfig:
     batch_size: int = 256  # images per stage-1 forward pass while pre-encoding
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"codes.batch_size must be >= 1, got {self.batch_size}.")
+        check_int("codes.batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
 
 
 @dataclass
@@ -57,6 +60,11 @@ class SamplingConfig:
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float | None = None
+
+    def __post_init__(self) -> None:  # checked now, not when the first grid is drawn hours later
+        check_sampling_args(self.temperature, self.top_k, self.top_p, self.guidance_scale)
+        check_int("sampling.num_captions", self.num_captions, 1, MAX_SAMPLED_CAPTIONS)
+        check_int("sampling.images_per_caption", self.images_per_caption, 1, MAX_SAMPLED_CAPTIONS)
 
 
 @dataclass

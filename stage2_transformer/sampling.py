@@ -25,6 +25,7 @@ import torch
 from transformers import DynamicCache
 
 from minidalle.arguments import check_int, is_number
+from minidalle.errors import ArgumentError
 
 from .decoding import KVDecoder
 from .layout import SequenceLayout
@@ -246,20 +247,20 @@ def check_sampling_args(
     samplers of language models (transformers' ``do_sample=False``, most APIs' ``temperature=0``) do.
     """
     if not is_number(temperature) or temperature < 0:
-        raise ValueError(
+        raise ArgumentError(
             f"temperature must be a number >= 0 (0 = greedy, 1 samples the model as trained; lower is more "
             f"conservative), got {temperature!r}."
         )
     if top_k is not None:
         top_k = check_int("top_k", top_k, 1, None, "or None for no top-k cut")
     if top_p is not None and (not is_number(top_p) or not 0.0 < top_p <= 1.0):
-        raise ValueError(f"top_p must be in (0, 1] (1 = no nucleus cut) or None, got {top_p!r}.")
+        raise ArgumentError(f"top_p must be in (0, 1] (1 = no nucleus cut) or None, got {top_p!r}.")
     if not is_number(guidance_scale) or guidance_scale < 0:
-        raise ValueError(
+        raise ArgumentError(
             f"guidance_scale must be a number >= 0 (1 = no classifier-free guidance), got {guidance_scale!r}."
         )
     if not is_number(guidance_plausibility) or not 0 <= guidance_plausibility < 1:
-        raise ValueError(
+        raise ArgumentError(
             f"guidance_plausibility must lie in [0, 1) (0 = no cut), got {guidance_plausibility!r}."
         )
     return top_k

@@ -10,7 +10,6 @@ corpus) as ``SequenceLayout.text_vocab_size``.
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,6 +20,8 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import PreTrainedTokenizerFast
 
 from minidalle.arguments import check_int
+from minidalle.config import load_json_object
+from minidalle.errors import ModelFolderError
 
 PAD_TOKEN = "<pad>"
 UNK_TOKEN = "<unk>"
@@ -110,11 +111,17 @@ def load_caption_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     kwargs = {}
     config_file = folder / "tokenizer_config.json"
     if config_file.is_file():
-        config = json.loads(config_file.read_text(encoding="utf-8"))
+        config = load_json_object(config_file)
         for key in ("pad_token", "unk_token", "bos_token", "eos_token", "padding_side", "model_max_length"):
             if config.get(key) is not None:
                 kwargs[key] = config[key]
-    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file), **kwargs)
+    try:
+        tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_file), **kwargs)
+    except Exception as err:  # noqa: BLE001 - the tokenizers library raises plain Exception on a bad file
+        raise ModelFolderError(
+            f"{tokenizer_file} cannot be read as a tokenizer ({' '.join(str(err).split())[:200]}): the file is "
+            "cut short or of another kind. Copy or train the tokenizer again."
+        ) from None
     if tokenizer.pad_token_id is None:  # e.g. a GPT-2 style folder
         if tokenizer.backend_tokenizer.token_to_id(PAD_TOKEN) is not None:
             tokenizer.pad_token = PAD_TOKEN
@@ -126,7 +133,7 @@ def load_caption_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
             )
             tokenizer.pad_token = tokenizer.eos_token
         else:
-            raise ValueError(
+            raise ModelFolderError(
                 f"The tokenizer in {folder} has no pad token (nor a {PAD_TOKEN!r} or end token to use as one); "
                 "captions cannot be padded to a fixed length."
             )

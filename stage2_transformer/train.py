@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -24,7 +25,9 @@ from minidalle.checker import score_images
 from minidalle.checkpoints import holds_run
 from minidalle.config import parse_config
 from minidalle.distributed import main_process_model, unwrap
+from minidalle.errors import run_main
 from minidalle.hub import model_fingerprint
+from minidalle.image_folder import require_captions
 from minidalle.images import captioned_grid, to_chw_uint8
 from minidalle.metrics_log import device_memory_metrics, format_metrics
 from minidalle.trainer import TrainingRun, step_generator
@@ -122,17 +125,18 @@ def main(argv: list[str] | None = None) -> None:
     started = holds_run(output_dir)  # has logged or checkpointed training steps
     if started:
         check_stage1_matches_run(output_dir, cfg.vqvae, fingerprint, vqvae.config.codebook_size)
+    cfg.data.resolution = vqvae.config.resolution  # images are tokenized at the stage-1 resolution
+    with accelerator.main_process_first():  # read before anything is written: data mistakes fail first
+        train_hf, eval_hf = data_lib.load_train_eval(cfg.data, max_eval=cfg.num_eval_examples)
+    require_captions(train_hf["text"], cfg.data.train_split)
     run.claim_output_dir(dataclasses.asdict(cfg))
     if accelerator.is_main_process:
-        if not started:  # what a launch that failed before training left here belongs to no run
+        if not started:  # what a launch of ours that failed before training left here belongs to no run
             shutil.rmtree(output_dir / "tokenizer", ignore_errors=True)
         write_stage1_record(output_dir, cfg.vqvae, fingerprint, vqvae.config.codebook_size)
     run.begin()
-    cfg.data.resolution = vqvae.config.resolution  # images are tokenized at the stage-1 resolution
 
     # ---------------------------------------------------------------- data: captions -> ids, images -> codes
-    with accelerator.main_process_first():
-        train_hf, eval_hf = data_lib.load_train_eval(cfg.data, max_eval=cfg.num_eval_examples)
     tokenizer, tokenizer_dir = load_tokenizer(cfg, accelerator, output_dir, train_hf)
     codes_sets = {}
     for split, hf, given in (
@@ -308,4 +312,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

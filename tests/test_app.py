@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+from minidalle.errors import run_main
 from pipeline import MiniDallePipeline
 from tests.tiny_models import build_tiny_pipeline
 
@@ -171,15 +172,16 @@ def test_eight_concurrent_requests_all_complete(client):
 # in-process: model resolution and launch settings
 
 
-def test_without_model_it_serves_the_default_or_names_the_command(tmp_path, model_dir):
+def test_without_model_it_serves_the_default_or_names_the_command(tmp_path, model_dir, capsys):
     import app_gradio
 
     with pytest.raises(SystemExit, match="bash scripts/demo.sh"):
         app_gradio.resolve_model(None, default=tmp_path / "pipeline_tiny")
     assert app_gradio.resolve_model(None, default=model_dir) == model_dir
     assert app_gradio.DEFAULT_MODEL == ROOT / "outputs" / "pipeline_tiny"
-    with pytest.raises(SystemExit, match="does not exist"):
-        app_gradio.main(["--model", str(tmp_path / "missing")])
+    assert run_main(app_gradio.main, ["--model", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: Model folder") and "does not exist" in err and "\n" not in err
 
 
 def test_launch_is_local_queued_and_never_shared(model_dir, monkeypatch):
@@ -199,5 +201,6 @@ def test_launch_is_local_queued_and_never_shared(model_dir, monkeypatch):
     app_gradio.main(["--model", str(model_dir), "--device", "cpu"])
     assert calls["launch"]["server_name"] == "127.0.0.1" and calls["launch"]["share"] is False
     assert calls["queue"]["default_concurrency_limit"] == 2 and calls["queue"]["max_size"] == 64
+    assert calls["launch"]["max_file_size"] == app_gradio.MAX_UPLOAD
     demo = app_gradio.build_app(MiniDallePipeline.from_pretrained(model_dir, device="cpu"))
     assert isinstance(demo, gr.Blocks)

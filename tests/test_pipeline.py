@@ -434,7 +434,7 @@ def test_rerank_keeps_the_best_candidates_by_clip(pipe, tmp_path):
         scores.sort(dim=1, descending=True).values[:, :2].reshape(-1).tolist()
     )
     assert len(set(scores.reshape(-1).tolist())) > 1  # the tiny CLIP does tell images apart
-    with pytest.raises(ValueError, match="num_candidates must be an integer >= 2"):
+    with pytest.raises(ValueError, match=r"num_candidates must be an integer in \[2, 256\]"):
         pipe(prompts, num_images_per_prompt=2, rerank_with=reranker, num_candidates=1)
     with pytest.raises(FileNotFoundError, match="CLIP folder"):
         ClipReranker(tmp_path / "nowhere")
@@ -458,7 +458,7 @@ def test_rerank_keeps_the_best_candidates_by_clip(pipe, tmp_path):
         (PROMPTS[0], {"top_p": 0.0}, r"top_p must be in \(0, 1\]"),
         (PROMPTS[0], {"top_p": 1.5}, r"top_p must be in \(0, 1\]"),
         (PROMPTS[0], {"guidance_scale": -0.5}, r"guidance_scale must be a number >= 0"),
-        (PROMPTS[0], {"num_images_per_prompt": 0}, r"num_images_per_prompt must be an integer >= 1"),
+        (PROMPTS[0], {"num_images_per_prompt": 0}, r"num_images_per_prompt must be an integer in \[1, 256\]"),
         (PROMPTS[0], {"batch_size": 0}, r"batch_size must be an integer in \[1, 256\]"),
         (PROMPTS[0], {"batch_size": 10**6}, r"batch_size must be an integer in \[1, 256\]"),
         (PROMPTS[0], {"seed": -1}, r"seed must be an integer in \[0, "),
