@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import json
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -25,8 +26,10 @@ from minidalle.errors import ConfigError, OneLineParser
 T = TypeVar("T")
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key given twice in one mapping (YAML would keep the last)."""
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML's safe loader with two changes: a key given twice in one mapping is refused (YAML would keep
+    the last), and only true/false are booleans. YAML 1.1 also reads bare yes/no/on/off as booleans,
+    which turned `mixed_precision: no` into False; a boolean setting still accepts those words."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -36,6 +39,15 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 raise ConfigError(f"key {key!r} is given twice (line {key_node.start_mark.line + 1}).")
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+_ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -177,7 +189,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
             f"Config file {str(path)!r} does not exist. Pass an existing YAML file, e.g. configs/."
         )
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_ConfigLoader) or {}
     except UnicodeDecodeError:
         raise ConfigError(f"Config file {str(path)!r} is not text (UTF-8); give a YAML file.") from None
     except ConfigError as err:
@@ -208,7 +220,7 @@ def _parse_value(key: str, raw: str) -> Any:
     if raw.strip() == "":
         return raw
     try:
-        return yaml.safe_load(raw)
+        return yaml.load(raw, Loader=_ConfigLoader)
     except yaml.YAMLError:
         raise ConfigError(f"Override --{key}: cannot read {raw!r} (quote lists as '[1, 2]').") from None
 

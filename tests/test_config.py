@@ -80,3 +80,13 @@ def test_unknown_key_in_yaml_file(tmp_path):
     bad.write_text("train: 3\n")
     with pytest.raises(ConfigError, match="is a section"):
         parse_config(Stage1RunConfig, ["--config", str(bad)])
+
+
+def test_no_is_a_word_for_string_settings_and_false_for_boolean_ones(tmp_path):
+    # YAML 1.1 reads a bare `no` as False, which made `mixed_precision: no` an error.
+    config = tmp_path / "c.yaml"
+    config.write_text("train:\n  mixed_precision: no\n  compile: no\n  tf32: yes\n")
+    cfg = parse_config(Stage1RunConfig, ["--config", str(config)])
+    assert cfg.train.mixed_precision == "no" and cfg.train.compile is False and cfg.train.tf32 is True
+    cfg = parse_config(Stage1RunConfig, ["--config", str(config), "--train.mixed_precision", "no"])
+    assert cfg.train.mixed_precision == "no"
