@@ -37,12 +37,13 @@ _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 # ----------------------------------------------------------------------------- output folder
 
 
-def prepare_output_dir(output_dir: str | Path, run_config: dict, resuming: bool, is_main: bool) -> Path:
+def check_output_dir(output_dir: str | Path, resuming: bool) -> Path:
     """Refuse to write into a folder that holds another run, unless resuming it, or files that no run
     wrote (an assembled pipeline, anything else): a launch must never change what it did not make.
 
     A folder holds a run once training has logged or checkpointed anything; one left by a launch that
-    stopped at a configuration or data error (only ``run_config.json``) is reused.
+    stopped at a configuration or data error (only ``run_config.json``) is reused. Every process checks
+    before any writes (``write_run_config``), so no process mistakes another's first file for a stranger.
     """
     out = Path(output_dir)
     saved = out / RUN_CONFIG
@@ -59,11 +60,16 @@ def prepare_output_dir(output_dir: str | Path, run_config: dict, resuming: bool,
             f"Output folder {str(out)!r} already holds a run. Pass --resume_from_checkpoint latest to "
             "continue it, or choose another --train.output_dir."
         )
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        if not (resuming and saved.exists()):
-            saved.write_text(json.dumps(run_config, indent=2, sort_keys=True) + "\n")
     return out
+
+
+def write_run_config(output_dir: str | Path, run_config: dict, resuming: bool) -> None:
+    """Create the folder and record the run's config (kept as first written when resuming)."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    saved = out / RUN_CONFIG
+    if not (resuming and saved.exists()):
+        saved.write_text(json.dumps(run_config, indent=2, sort_keys=True) + "\n")
 
 
 def holds_run(output_dir: str | Path) -> bool:

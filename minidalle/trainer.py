@@ -26,11 +26,12 @@ from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin
 from tqdm.auto import tqdm
 
 from minidalle.checkpoints import (
+    check_output_dir,
     checkpoint_step,
     list_checkpoints,
-    prepare_output_dir,
     resolve_resume,
     save_checkpoint,
+    write_run_config,
 )
 from minidalle.devices import allow_tf32_on_cuda
 from minidalle.distributed import drop_fp32_output_copy, export_state_dict, unwrap
@@ -85,7 +86,10 @@ class TrainingRun:
 
     def claim_output_dir(self, run_config: dict) -> None:
         """Refuse a folder holding another run (unless resuming it); record the run's config there."""
-        prepare_output_dir(self.output_dir, run_config, self.resuming, self.accelerator.is_main_process)
+        check_output_dir(self.output_dir, self.resuming)
+        self.accelerator.wait_for_everyone()  # every process has looked before the main one writes
+        if self.accelerator.is_main_process:
+            write_run_config(self.output_dir, run_config, self.resuming)
 
     def begin(self) -> None:
         """Once every process is past its checks: seed, and turn SIGTERM/SIGINT into a checkpoint."""

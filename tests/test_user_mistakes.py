@@ -416,7 +416,7 @@ def test_accelerate_launch_shows_one_line(world, shapes_cache):
     assert result.returncode != 0 and tree_hash(world["pipeline"]) == before
     quiet = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--quiet", "--cpu", "--num_processes", "1",
-         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+         "--num_machines", "1", "--num_cpu_threads_per_process", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
          str(ROOT / "stage1_vqvae/train.py"), "--config", "configs/stage1_tiny.yaml", "--train.learning_rate", "inf"],
         cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
