@@ -12,7 +12,7 @@ generate  the command line: python -m pipeline.generate --model DIR --prompt "..
 """
 
 from .folder import PIPELINE_CONFIG_FILE, IncompatiblePartsError, PipelineConfig
-from .outputs import PipelineOutput, PromptTruncatedWarning, RowEvent
+from .outputs import ImageBits, PipelineOutput, PromptTruncatedWarning, RowEvent
 from .pipeline import MiniDallePipeline
 from .settings import GenerationSettings
 from .stream import GenerationCancelled, GenerationStream
@@ -22,6 +22,7 @@ __all__ = [
     "GenerationCancelled",
     "GenerationSettings",
     "GenerationStream",
+    "ImageBits",
     "IncompatiblePartsError",
     "MiniDallePipeline",
     "PipelineConfig",
