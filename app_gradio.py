@@ -25,7 +25,7 @@ from pathlib import Path  # noqa: E402
 import gradio as gr  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from app_tabs import edit_tab, stream_to_gallery, variations_tab  # noqa: E402
+from app_tabs import GALLERY_LABEL, edit_tab, stream_to_gallery, variations_tab  # noqa: E402
 from minidalle.arguments import check_int  # noqa: E402
 from minidalle.images import upscale  # noqa: E402
 from pipeline import PIPELINE_CONFIG_FILE, MiniDallePipeline  # noqa: E402
@@ -173,7 +173,7 @@ def build_app(
                         )
                     with gr.Column(scale=2):
                         gallery = gr.Gallery(
-                            label="Images",
+                            label=GALLERY_LABEL,
                             format="png",
                             columns=4,
                             object_fit="contain",

@@ -17,14 +17,12 @@ import gradio as gr
 from pipeline import MiniDallePipeline, PromptTruncatedWarning
 
 logger = logging.getLogger("app_gradio")
+GALLERY_LABEL = "Images (under each: bits with the caption / without it)"
 
 
 def bit_captions(output) -> list[str]:
-    """Under each picture: its bits with its caption and with the empty caption."""
-    return [
-        f"{c:.0f} bits with its caption, {u:.0f} without"
-        for c, u in zip(output.bits_with_caption, output.bits_without_caption)
-    ]
+    """Under each picture: its bits under the prior with its caption / with the empty caption."""
+    return [f"bits {c:.0f} / {u:.0f}" for c, u in zip(output.bits_with_caption, output.bits_without_caption)]
 
 
 def stream_to_gallery(start: Callable, seed, show: Callable, progress):
