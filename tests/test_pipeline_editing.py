@@ -197,3 +197,25 @@ def test_generate_command_edits_varies_and_records_bits(model_dir, picture, tmp_
     assert "outside the 32x32 image" in capsys.readouterr().err
     assert generate_main(["--model", str(model_dir), "--prompt", PROMPT, "--strength", "0.5"]) == 2
     assert "need --image" in capsys.readouterr().err
+
+
+def test_editing_figures_benchmark_runs_and_writes_json(model_dir, tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "editing_figures.py"
+    spec = importlib.util.spec_from_file_location("editing_figures", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "figures.json"
+    with pytest.warns(UserWarning):  # the tiny model reads 8 tokens: the built-in captions are cut
+        result = bench.main(["--model", str(model_dir), "--images", "2", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert set(result["negative_prompt"]["mean"]) == {
+        "negated_colour_pct_without",
+        "negated_colour_pct_with",
+        "named_right_pct_without",
+        "named_right_pct_with",
+    }
+    assert [row["strength"] for row in result["variations"]["strengths"]] == list(bench.STRENGTHS)
+    assert "| strength 0.3 |" in capsys.readouterr().out
