@@ -89,6 +89,13 @@ def _source_image(generated: gr.State, prefix: str) -> gr.Image:
     return image
 
 
+def _run_controls(label: str, prefix: str) -> tuple[gr.Number, gr.Checkbox, gr.Button]:
+    with gr.Row():
+        seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
+        randomize = gr.Checkbox(value=False, label="Randomise seed")
+    return seed, randomize, gr.Button(label, variant="primary", elem_id=f"{prefix}-run")
+
+
 def _outputs(prefix: str) -> tuple[gr.Gallery, gr.Number, gr.Markdown]:
     status = gr.Markdown("", elem_id=f"{prefix}-status", min_height=48, container=True, padding=True)
     gallery = gr.Gallery(
@@ -130,10 +137,7 @@ def edit_tab(pipe: MiniDallePipeline, generated: gr.State, seed_of: Callable, sh
             negative = gr.Textbox(
                 label="Negative prompt (optional)", max_length=max_chars, elem_id="edit-negative"
             )
-            with gr.Row():
-                seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
-                randomize = gr.Checkbox(value=False, label="Randomise seed")
-            button = gr.Button("Edit", variant="primary", elem_id="edit-run")
+            seed, randomize, button = _run_controls("Edit", "edit")
         with gr.Column(scale=2):
             gallery, seed_used, status = _outputs("edit")
     inputs = [image, prompt, *corners, negative, seed, randomize]
@@ -164,10 +168,7 @@ def variations_tab(
             num_images = gr.Slider(1, 8, value=4, step=1, label="Number of variations")
             strength = gr.Slider(0.05, 1.0, value=0.3, step=0.05, label="Strength (share of codes resampled)")
             prompt = gr.Textbox(label="Prompt (optional)", max_length=max_chars, elem_id="vary-prompt")
-            with gr.Row():
-                seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
-                randomize = gr.Checkbox(value=False, label="Randomise seed")
-            button = gr.Button("Make variations", variant="primary", elem_id="vary-run")
+            seed, randomize, button = _run_controls("Make variations", "vary")
         with gr.Column(scale=2):
             gallery, seed_used, status = _outputs("vary")
     inputs = [image, num_images, strength, prompt, seed, randomize]

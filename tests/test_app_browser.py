@@ -27,6 +27,15 @@ pytestmark = [
 ]
 
 
+def _wait_for_pictures(page, gallery: str, count: int) -> None:
+    """Until ``gallery`` shows ``count`` decoded pictures (not broken links)."""
+    page.wait_for_function(
+        f"() => [...document.querySelectorAll('{gallery} img')]"
+        f".filter(img => img.complete && img.naturalWidth > 0).length === {count}",
+        timeout=60_000,
+    )
+
+
 def test_type_a_prompt_click_generate_and_see_the_images(tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
@@ -41,11 +50,7 @@ def test_type_a_prompt_click_generate_and_see_the_images(tmp_path):
             page.locator("#generate").click()
             # the default is 4 images; each must be a decoded picture, not a broken link
             expect(page.locator("#status")).to_contain_text("Done: 4 images", timeout=60_000)
-            page.wait_for_function(
-                "() => [...document.querySelectorAll('#gallery img')]"
-                ".filter(img => img.complete && img.naturalWidth > 0).length === 4",
-                timeout=60_000,
-            )
+            _wait_for_pictures(page, "#gallery", 4)
             expect(page.locator("#seed-used input")).to_have_value("0")
             shot = tmp_path / "app.png"
             page.screenshot(path=str(shot), full_page=True)
@@ -82,11 +87,7 @@ def test_type_a_prompt_click_generate_and_see_the_images(tmp_path):
             )
             page.locator("#vary-run").click()
             expect(page.locator("#vary-status")).to_contain_text("Done: 4 images", timeout=60_000)
-            page.wait_for_function(
-                "() => [...document.querySelectorAll('#vary-gallery img')]"
-                ".filter(img => img.complete && img.naturalWidth > 0).length === 4",
-                timeout=60_000,
-            )
+            _wait_for_pictures(page, "#vary-gallery", 4)
             page.screenshot(path=str(tmp_path / "app_variations.png"), full_page=True)
         finally:
             browser.close()

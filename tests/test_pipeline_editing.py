@@ -10,57 +10,45 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import MiniDallePipeline
 from pipeline.generate import main as generate_main
 from stage2_transformer.sampling import image_token_log_likelihood, sample_image_codes
 from stage2_transformer.tokenizer import encode_captions
-from tests.tiny_models import build_tiny_pipeline
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 PROMPT = "a red circle on white"
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny_edit"))
+def picture(tiny_pipe) -> Image.Image:
+    return tiny_pipe("a blue star on black", seed=2).images[0]  # 32x32: 8x8 codes of 4x4 pixels
 
 
-@pytest.fixture(scope="module")
-def pipe(model_dir) -> MiniDallePipeline:
-    return MiniDallePipeline.from_pretrained(model_dir, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def picture(pipe) -> Image.Image:
-    return pipe("a blue star on black", seed=2).images[0]  # 32x32: 8x8 codes of 4x4 pixels
-
-
-def _ids(pipe, captions):
-    return encode_captions(pipe.tokenizer, captions, pipe.layout.text_len)
+def _ids(tiny_pipe, captions):
+    return encode_captions(tiny_pipe.tokenizer, captions, tiny_pipe.layout.text_len)
 
 
 # ------------------------------------------------------------------------------------------------
 # negative prompts
 
 
-def test_negative_prompt_fills_the_unconditional_half(pipe):
+def test_negative_prompt_fills_the_unconditional_half(tiny_pipe):
     negative = "a green heart"
-    out = pipe(PROMPT, num_images_per_prompt=2, seed=4, negative_prompt=negative, return_codes=True)
-    plain = pipe(PROMPT, num_images_per_prompt=2, seed=4, return_codes=True)
+    out = tiny_pipe(PROMPT, num_images_per_prompt=2, seed=4, negative_prompt=negative, return_codes=True)
+    plain = tiny_pipe(PROMPT, num_images_per_prompt=2, seed=4, return_codes=True)
     assert not torch.equal(out.codes, plain.codes)
     from pipeline.seeds import mix
 
     expected = sample_image_codes(
-        pipe.transformer,
-        pipe.layout,
-        _ids(pipe, [PROMPT] * 2),
-        guidance_scale=pipe.config.guidance_scale,
+        tiny_pipe.transformer,
+        tiny_pipe.layout,
+        _ids(tiny_pipe, [PROMPT] * 2),
+        guidance_scale=tiny_pipe.config.guidance_scale,
         generator=[torch.Generator().manual_seed(mix(4, j)) for j in range(2)],
-        uncond_text_ids=_ids(pipe, [negative] * 2),
+        uncond_text_ids=_ids(tiny_pipe, [negative] * 2),
     )
     assert torch.equal(out.codes, expected)
     # one per prompt: each prompt's images use its own negative
-    both = pipe(
+    both = tiny_pipe(
         [PROMPT, "a blue star"], seed=[4, 5], negative_prompt=[negative, "a red square"], return_codes=True
     )
     assert torch.equal(both.codes[0], out.codes[0])
@@ -83,18 +71,20 @@ def test_negative_prompt_fills_the_unconditional_half(pipe):
         ({"image": Image.new("RGB", (32, 32)), "strength": 1.5}, r"strength must lie in \(0, 1\]"),
     ],
 )
-def test_bad_new_arguments_are_named(pipe, kwargs, match):
+def test_bad_new_arguments_are_named(tiny_pipe, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        pipe(PROMPT, seed=0, **kwargs)
+        tiny_pipe(PROMPT, seed=0, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------------
 # region editing
 
 
-def test_edit_keeps_every_code_outside_the_box_and_resamples_inside(pipe, picture):
-    original = pipe.encode_image([picture])[0]  # (8, 8)
-    out = pipe.edit(picture, PROMPT, box=(8, 12, 20, 24), num_images_per_prompt=3, seed=1, return_codes=True)
+def test_edit_keeps_every_code_outside_the_box_and_resamples_inside(tiny_pipe, picture):
+    original = tiny_pipe.encode_image([picture])[0]  # (8, 8)
+    out = tiny_pipe.edit(
+        picture, PROMPT, box=(8, 12, 20, 24), num_images_per_prompt=3, seed=1, return_codes=True
+    )
     inside = torch.zeros(8, 8, dtype=torch.bool)
     inside[3:6, 2:5] = True  # pixel rows 12..24, columns 8..20 at 4 pixels per code
     assert (out.codes[:, ~inside] == original[~inside]).all()
@@ -102,21 +92,21 @@ def test_edit_keeps_every_code_outside_the_box_and_resamples_inside(pipe, pictur
     assert len(out.bits_with_caption) == 3
 
 
-def test_edit_of_whole_rows_is_completion_and_later_codes_never_condition_earlier(pipe, picture):
-    edited = pipe.edit(picture, PROMPT, box=(0, 20, 32, 32), seed=3, return_codes=True)
-    completed = pipe.complete(picture, PROMPT, keep_rows=5, seed=3, return_codes=True)
+def test_edit_of_whole_rows_is_completion_and_later_codes_never_condition_earlier(tiny_pipe, picture):
+    edited = tiny_pipe.edit(picture, PROMPT, box=(0, 20, 32, 32), seed=3, return_codes=True)
+    completed = tiny_pipe.complete(picture, PROMPT, keep_rows=5, seed=3, return_codes=True)
     assert torch.equal(edited.codes, completed.codes)
     # a code after the box is fed as a fixed token after the box was sampled: it cannot change it
-    fixed = pipe.encode_image([picture]).reshape(1, -1)  # (1, 64)
+    fixed = tiny_pipe.encode_image([picture]).reshape(1, -1)  # (1, 64)
     mask = torch.zeros(64, dtype=torch.bool)
     mask[[0, 1, 2, 3, 8, 9, 10, 11]] = True  # rows 0-1, columns 0-3
 
     def sample(fixed_codes):
         generator = [torch.Generator().manual_seed(5)]
         return sample_image_codes(
-            pipe.transformer,
-            pipe.layout,
-            _ids(pipe, [PROMPT]),
+            tiny_pipe.transformer,
+            tiny_pipe.layout,
+            _ids(tiny_pipe, [PROMPT]),
             fixed_codes=fixed_codes,
             sample_mask=mask,
             guidance_scale=3.0,
@@ -124,16 +114,16 @@ def test_edit_of_whole_rows_is_completion_and_later_codes_never_condition_earlie
         ).reshape(1, -1)  # (1, 64)
 
     later, earlier = fixed.clone(), fixed.clone()
-    later[0, 63] = (fixed[0, 63] + 1) % pipe.layout.codebook_size
-    earlier[0, 4:8] = (fixed[0, 4:8] + 1) % pipe.layout.codebook_size  # between the box's two rows
+    later[0, 63] = (fixed[0, 63] + 1) % tiny_pipe.layout.codebook_size
+    earlier[0, 4:8] = (fixed[0, 4:8] + 1) % tiny_pipe.layout.codebook_size  # between the box's two rows
     a, b, c = sample(fixed), sample(later), sample(earlier)
     assert torch.equal(a[0, mask], b[0, mask]) and b[0, 63] == later[0, 63]
     assert torch.equal(a[0, :4], c[0, :4]) and not torch.equal(a[0, 8:12], c[0, 8:12])
 
 
-def test_edit_converts_any_mode_and_size_and_fills_the_region_row_by_row(pipe, picture):
+def test_edit_converts_any_mode_and_size_and_fills_the_region_row_by_row(tiny_pipe, picture):
     grey = picture.convert("L").resize((64, 64))  # mode L, twice the size: box in its pixels
-    stream = pipe.stream(PROMPT, image=grey, box=(16, 16, 48, 40), seed=0)
+    stream = tiny_pipe.stream(PROMPT, image=grey, box=(16, 16, 48, 40), seed=0)
     events = list(stream)
     assert [e.row for e in events] == list(range(2, 8))  # from the box's first row to the end
     first = events[0].images[0]  # after row 2: the box's rows 3-4 still grey, outside as the input
@@ -147,16 +137,16 @@ def test_edit_converts_any_mode_and_size_and_fills_the_region_row_by_row(pipe, p
 # variations
 
 
-def test_variations_resample_a_strength_share_of_codes(pipe, picture):
-    original = pipe.encode_image([picture])[0].reshape(-1)  # (64,)
-    out = pipe.variations(picture, 4, strength=0.25, seed=9, return_codes=True)
+def test_variations_resample_a_strength_share_of_codes(tiny_pipe, picture):
+    original = tiny_pipe.encode_image([picture])[0].reshape(-1)  # (64,)
+    out = tiny_pipe.variations(picture, 4, strength=0.25, seed=9, return_codes=True)
     assert len(out.images) == 4 and out.prompts == [""] * 4
     changed = (out.codes.reshape(4, -1) != original).sum(1)  # (4,)
     assert (changed <= 16).all() and (changed > 0).any()  # at most round(0.25 * 64) positions each
     assert len({c.tobytes() for c in out.codes.numpy()}) == 4  # each image its own positions and codes
-    again = pipe.variations(picture, 4, strength=0.25, seed=9, return_codes=True)
+    again = tiny_pipe.variations(picture, 4, strength=0.25, seed=9, return_codes=True)
     assert torch.equal(again.codes, out.codes)
-    strong = pipe.variations(picture, 4, prompt=PROMPT, strength=1.0, seed=9, return_codes=True)
+    strong = tiny_pipe.variations(picture, 4, prompt=PROMPT, strength=1.0, seed=9, return_codes=True)
     assert (strong.codes.reshape(4, -1) != original).sum(1).float().mean() > changed.float().mean()
 
 
@@ -164,28 +154,28 @@ def test_variations_resample_a_strength_share_of_codes(pipe, picture):
 # bits per image
 
 
-def test_each_image_carries_its_bits_and_score_gives_the_same(pipe):
-    out = pipe([PROMPT, "a blue star on black"], num_images_per_prompt=2, seed=6, return_codes=True)
-    ids = _ids(pipe, out.prompts)
-    nats = image_token_log_likelihood(pipe.transformer, pipe.layout, ids, out.codes)
+def test_each_image_carries_its_bits_and_score_gives_the_same(tiny_pipe):
+    out = tiny_pipe([PROMPT, "a blue star on black"], num_images_per_prompt=2, seed=6, return_codes=True)
+    ids = _ids(tiny_pipe, out.prompts)
+    nats = image_token_log_likelihood(tiny_pipe.transformer, tiny_pipe.layout, ids, out.codes)
     assert out.bits_with_caption == pytest.approx((-nats / math.log(2)).tolist(), rel=1e-5)
-    empty = pipe.layout.empty_caption_ids(4)
-    nats_empty = image_token_log_likelihood(pipe.transformer, pipe.layout, empty, out.codes)
+    empty = tiny_pipe.layout.empty_caption_ids(4)
+    nats_empty = image_token_log_likelihood(tiny_pipe.transformer, tiny_pipe.layout, empty, out.codes)
     assert out.bits_without_caption == pytest.approx((-nats_empty / math.log(2)).tolist(), rel=1e-5)
-    scored = pipe.score(out.images, out.prompts)
-    codes = pipe.encode_image(out.images)
-    expected = -image_token_log_likelihood(pipe.transformer, pipe.layout, ids, codes) / math.log(2)
+    scored = tiny_pipe.score(out.images, out.prompts)
+    codes = tiny_pipe.encode_image(out.images)
+    expected = -image_token_log_likelihood(tiny_pipe.transformer, tiny_pipe.layout, ids, codes) / math.log(2)
     assert scored.with_caption == pytest.approx(expected.tolist(), rel=1e-5)
     assert scored.caption_bits == pytest.approx(
         [u - c for c, u in zip(scored.with_caption, scored.without_caption)]
     )
     with pytest.raises(ValueError, match=r"one caption or one per image \(4\); got 3"):
-        pipe.score(out.images, out.prompts[:3])
+        tiny_pipe.score(out.images, out.prompts[:3])
 
 
-def test_generate_command_edits_varies_and_records_bits(model_dir, picture, tmp_path, capsys):
+def test_generate_command_edits_varies_and_records_bits(tiny_pipeline_dir, picture, tmp_path, capsys):
     picture.save(tmp_path / "in.png")
-    base = ["--model", str(model_dir), "--image", str(tmp_path / "in.png"), "--seed", "0", "-n", "2"]
+    base = ["--model", str(tiny_pipeline_dir), "--image", str(tmp_path / "in.png"), "--seed", "0", "-n", "2"]
     out = tmp_path / "edit.png"
     args = [*base, "--prompt", PROMPT, "--box", "0", "0", "16", "16", "--negative-prompt", "a green heart"]
     assert generate_main([*args, "--out", str(out)]) == 0
@@ -195,11 +185,11 @@ def test_generate_command_edits_varies_and_records_bits(model_dir, picture, tmp_
     assert generate_main([*base, "--prompt", "", "--strength", "0.3", "--out", str(tmp_path / "v.png")]) == 0
     assert generate_main([*base, "--prompt", PROMPT, "--box", "0", "0", "99", "4"]) == 2
     assert "outside the 32x32 image" in capsys.readouterr().err
-    assert generate_main(["--model", str(model_dir), "--prompt", PROMPT, "--strength", "0.5"]) == 2
+    assert generate_main(["--model", str(tiny_pipeline_dir), "--prompt", PROMPT, "--strength", "0.5"]) == 2
     assert "need --image" in capsys.readouterr().err
 
 
-def test_editing_figures_benchmark_runs_and_writes_json(model_dir, tmp_path, capsys):
+def test_editing_figures_benchmark_runs_and_writes_json(tiny_pipeline_dir, tmp_path, capsys):
     import importlib.util
     from pathlib import Path
 
@@ -209,7 +199,7 @@ def test_editing_figures_benchmark_runs_and_writes_json(model_dir, tmp_path, cap
     spec.loader.exec_module(bench)
     out = tmp_path / "figures.json"
     with pytest.warns(UserWarning):  # the tiny model reads 8 tokens: the built-in captions are cut
-        result = bench.main(["--model", str(model_dir), "--images", "2", "--out", str(out)])
+        result = bench.main(["--model", str(tiny_pipeline_dir), "--images", "2", "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     assert set(result["negative_prompt"]["mean"]) == {
         "negated_colour_pct_without",

@@ -14,41 +14,30 @@ import pytest
 from PIL import Image
 
 from pipeline import MiniDallePipeline
-from tests.tiny_models import build_tiny_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny_hub"))
-
-
-@pytest.fixture(scope="module")
-def pipe(model_dir) -> MiniDallePipeline:
-    return MiniDallePipeline.from_pretrained(model_dir, device="cpu")
-
-
-def _hub_cache(model_dir: Path, root: Path, repo_id: str = "user/tiny") -> Path:
+def _hub_cache(tiny_pipeline_dir: Path, root: Path, repo_id: str = "user/tiny") -> Path:
     """huggingface_hub's cache layout: models--user--tiny/snapshots/<rev>/ and refs/main naming it."""
     repo = root / f"models--{repo_id.replace('/', '--')}"
-    shutil.copytree(model_dir, repo / "snapshots" / REVISION)
+    shutil.copytree(tiny_pipeline_dir, repo / "snapshots" / REVISION)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(REVISION)
     return root
 
 
-def test_load_by_repo_id_offline_from_the_cache(model_dir, pipe, tmp_path):
-    cache = _hub_cache(model_dir, tmp_path / "hub")
+def test_load_by_repo_id_offline_from_the_cache(tiny_pipeline_dir, tiny_pipe, tmp_path):
+    cache = _hub_cache(tiny_pipeline_dir, tmp_path / "hub")
     loaded = MiniDallePipeline.from_pretrained(
         "user/tiny", device="cpu", cache_dir=cache, local_files_only=True
     )
     same = MiniDallePipeline.from_pretrained(
         "user/tiny", device="cpu", cache_dir=cache, revision=REVISION, local_files_only=True
     )
-    expected = pipe("a red circle on white", seed=1).images[0].tobytes()
+    expected = tiny_pipe("a red circle on white", seed=1).images[0].tobytes()
     assert loaded("a red circle on white", seed=1).images[0].tobytes() == expected
     assert same("a red circle on white", seed=1).images[0].tobytes() == expected
     # HF_HUB_OFFLINE=1 with the cache in HF_HUB_CACHE: the way a user without network loads it
@@ -58,7 +47,7 @@ def test_load_by_repo_id_offline_from_the_cache(model_dir, pipe, tmp_path):
         [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip() == str(pipe("a red circle on white", seed=1).bits_with_caption)
+    assert result.stdout.strip() == str(tiny_pipe("a red circle on white", seed=1).bits_with_caption)
     with pytest.raises(Exception, match="user/missing|cannot find|offline|local_files_only|snapshot"):
         MiniDallePipeline.from_pretrained(
             "user/missing", device="cpu", cache_dir=cache, local_files_only=True
@@ -83,12 +72,12 @@ class RecordingApi:
         return f"https://huggingface.co/{repo_id}/commit/abc"
 
 
-def test_push_to_hub_uploads_the_saved_folder_with_its_card(pipe, tmp_path, monkeypatch):
+def test_push_to_hub_uploads_the_saved_folder_with_its_card(tiny_pipe, tmp_path, monkeypatch):
     import huggingface_hub
 
     monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
     RecordingApi.calls = []
-    url = pipe.push_to_hub("user/tiny", token="hf_x", private=True)
+    url = tiny_pipe.push_to_hub("user/tiny", token="hf_x", private=True)
     assert url == "https://huggingface.co/user/tiny/commit/abc"
     (_, repo, private), (_, repo2, files, card, token) = RecordingApi.calls
     assert repo == repo2 == "user/tiny" and private is True and token == "hf_x"
@@ -97,17 +86,17 @@ def test_push_to_hub_uploads_the_saved_folder_with_its_card(pipe, tmp_path, monk
     )
     assert 'from_pretrained("user/tiny")' in card
     RecordingApi.calls = []
-    pipe.save_pretrained(tmp_path / "out", push_to_hub=True, repo_id="user/other")
+    tiny_pipe.save_pretrained(tmp_path / "out", push_to_hub=True, repo_id="user/other")
     assert [c[:2] for c in RecordingApi.calls] == [
         ("create_repo", "user/other"),
         ("upload_folder", "user/other"),
     ]
     with pytest.raises(ValueError, match="needs repo_id='user/name'"):
-        pipe.save_pretrained(tmp_path / "out2", push_to_hub=True)
+        tiny_pipe.save_pretrained(tmp_path / "out2", push_to_hub=True)
 
 
-def test_model_card_names_the_training_figures_and_the_sample_grid(model_dir, tmp_path):
-    config = json.loads((model_dir / "pipeline_config.json").read_text())
+def test_model_card_names_the_training_figures_and_the_sample_grid(tiny_pipeline_dir, tmp_path):
+    config = json.loads((tiny_pipeline_dir / "pipeline_config.json").read_text())
     stage2 = Path(config["sources"]["stage2"])
     # what a stage-2 run leaves behind: its config, its metrics log, its sample grids
     (stage2 / "run_config.json").write_text(
@@ -117,8 +106,8 @@ def test_model_card_names_the_training_figures_and_the_sample_grid(model_dir, tm
     (stage2 / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (stage2 / "images").mkdir(exist_ok=True)
     Image.new("RGB", (64, 32), (200, 10, 10)).save(stage2 / "images" / "samples-000040.png")
-    pipe = MiniDallePipeline.from_pretrained(model_dir, device="cpu")
-    folder = pipe.save_pretrained(tmp_path / "carded", repo_id="user/tiny")
+    tiny_pipe = MiniDallePipeline.from_pretrained(tiny_pipeline_dir, device="cpu")
+    folder = tiny_pipe.save_pretrained(tmp_path / "carded", repo_id="user/tiny")
     from huggingface_hub import ModelCard
 
     card = ModelCard.load(folder / "README.md")
