@@ -81,8 +81,8 @@ def test_assembled_folder_holds_only_json_and_safetensors(tmp_path):
     stage1, stage2 = build_tiny_runs(tmp_path)
     (stage2 / "transformer" / "modeling_evil.py").write_text("raise SystemExit('ran code from the folder')\n")
     out = assemble_pipeline(stage1 / "vqvae", stage2, tmp_path / "p", guidance_scale=2.0, top_k=8)
-    suffixes = {p.suffix for p in out.rglob("*") if p.is_file()}
-    assert suffixes <= {".json", ".safetensors"}
+    suffixes = {p.suffix for p in out.rglob("*") if p.is_file() and p.name != "README.md"}
+    assert suffixes <= {".json", ".safetensors"} and (out / "README.md").is_file()  # + the model card
     config = json.loads((out / "pipeline_config.json").read_text())
     assert config["guidance_scale"] == 2.0 and config["top_k"] == 8 and config["format_version"] == 1
     assert MiniDallePipeline.from_pretrained(out, device="cpu").config.top_k == 8

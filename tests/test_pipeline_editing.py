@@ -209,3 +209,36 @@ def test_editing_figures_benchmark_runs_and_writes_json(tiny_pipeline_dir, tmp_p
     }
     assert [row["strength"] for row in result["variations"]["strengths"]] == list(bench.STRENGTHS)
     assert "| strength 0.3 |" in capsys.readouterr().out
+
+
+def test_score_command_prints_and_writes_the_bits(tiny_pipe, tiny_pipeline_dir, picture, tmp_path, capsys):
+    from pipeline.score import main as score_main
+
+    picture.save(tmp_path / "a.png")
+    out = tmp_path / "scores.json"
+    assert (
+        score_main(
+            [
+                "--model",
+                str(tiny_pipeline_dir),
+                "--caption",
+                PROMPT,
+                str(tmp_path / "a.png"),
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    (row,) = json.loads(out.read_text())
+    expected = tiny_pipe.score(picture, PROMPT)
+    assert row["bits_with_caption"] == pytest.approx(expected.with_caption[0])
+    assert row["caption_bits"] == pytest.approx(expected.caption_bits[0])
+    assert "explained by the caption" in capsys.readouterr().out
+    assert (
+        score_main(
+            ["--model", str(tiny_pipeline_dir), "--caption", "a", "--caption", "b", str(tmp_path / "a.png")]
+        )
+        == 2
+    )
+    assert "one caption or one per image (1); got 2" in capsys.readouterr().err

@@ -72,7 +72,9 @@ class RecordingApi:
         return f"https://huggingface.co/{repo_id}/commit/abc"
 
 
-def test_push_to_hub_uploads_the_saved_folder_with_its_card(tiny_pipe, tmp_path, monkeypatch):
+def test_push_to_hub_uploads_the_saved_folder_with_its_card(
+    tiny_pipe, tiny_pipeline_dir, tmp_path, monkeypatch
+):
     import huggingface_hub
 
     monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
@@ -91,6 +93,14 @@ def test_push_to_hub_uploads_the_saved_folder_with_its_card(tiny_pipe, tmp_path,
         ("create_repo", "user/other"),
         ("upload_folder", "user/other"),
     ]
+    RecordingApi.calls = []
+    from pipeline.assemble import main as assemble_main
+
+    config = json.loads((tiny_pipeline_dir / "pipeline_config.json").read_text())
+    args = ["--stage2", config["sources"]["stage2"], "--out", str(tmp_path / "assembled")]
+    assert assemble_main([*args, "--push-to-hub", "user/assembled"]) == 0
+    (_, _, files, card, _) = RecordingApi.calls[-1]
+    assert "README.md" in files and 'from_pretrained("user/assembled")' in card
     with pytest.raises(ValueError, match="needs repo_id='user/name'"):
         tiny_pipe.save_pretrained(tmp_path / "out2", push_to_hub=True)
 
