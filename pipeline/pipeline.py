@@ -1,11 +1,12 @@
 """The text-to-image pipeline: caption -> stage-2 image codes -> stage-1 decoder -> PIL images.
 
-    pipe = MiniDallePipeline.from_pretrained("outputs/pipeline_tiny")   # a folder: see pipeline/folder.py
-    out = pipe(["a red circle"], num_images_per_prompt=4, seed=0)     # PipelineOutput
-    out.images[0].save("circle.png"); print(out.seed)
+    pipe = MiniDallePipeline.from_pretrained("outputs/pipeline_tiny")   # a folder or a Hub repo id
+    out = pipe(["a red circle"], num_images_per_prompt=4, seed=0)     # PipelineOutput (+ bits per image)
+    out.images[0].save("circle.png"); print(out.seed)                  # also: edit, variations, score
 
-A call runs in named phases: check inputs, encode prompts, prepare codes (the kept rows of images to
-complete), sample, decode, and re-rank when asked. Seeds: one generator per image (pipeline/seeds.py).
+A call runs in named phases: check inputs, encode prompts, prepare codes (an input image's codes and
+where to resample them), sample, decode, re-rank when asked, and measure each image's bits. Seeds: one
+generator per image (pipeline/seeds.py); editing, variations and completion: pipeline/regions.py.
 """
 
 from __future__ import annotations
