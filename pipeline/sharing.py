@@ -35,16 +35,22 @@ def resolve_pipeline_folder(
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
         return path  # a folder: load_parts names what is missing
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    return Path(
-        snapshot_download(
+    try:
+        folder = snapshot_download(
             repo_id=name,
             revision=revision,
             cache_dir=cache_dir,
             token=token,
             local_files_only=local_files_only,
         )
-    )
+    except (HfHubHTTPError, LocalEntryNotFoundError) as err:
+        raise FileNotFoundError(
+            f"{name!r} is not a local folder, and the Hub repository could not be loaded ({type(err).__name__}). "
+            "Give a pipeline folder, or a repo id that exists (offline: one already in the Hub cache)."
+        ) from err
+    return Path(folder)
 
 
 def push_folder(
