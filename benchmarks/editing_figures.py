@@ -8,7 +8,8 @@
   the top left"): the share of images in that colour with and without it, and how often the named
   attributes (shape, position, size) stay right.
 - **editing**: a built-in picture with one shape; a box over an empty grid cell is repainted under a
-  caption naming a new shape there. Outside the box (one code cell away from its border) the mean
+  caption naming a new shape there ("empty_cell"), or the box over the shape's own cell under a caption
+  naming another shape there ("replace": a one-shape picture, like the training data). Outside the box (one code cell away from its border) the mean
   absolute pixel change against the input and against the input's own VQ-VAE reconstruction (the
   decoder's noise floor); inside, the checker's score of the box alone (pasted onto the background).
 - **variations**: of built-in pictures, at several strengths, caption-free: the checker's agreement with
@@ -64,6 +65,8 @@ EDITS = [
         ShapeAttributes("blue", "triangle", "top right", "small"),
     ),
 ]
+# (the picture's shape, another shape painted over it, in its own cell: a picture of the training kind)
+REPLACEMENTS = [(old, ShapeAttributes(new.color, new.shape, old.position, "small")) for old, new in EDITS]
 VARIATION_INPUTS = [
     ShapeAttributes(*combo)
     for combo in [
@@ -142,11 +145,11 @@ def _outside(box, resolution: int, margin: int) -> np.ndarray:
     return keep  # (H, W)
 
 
-def editing_figures(pipe: MiniDallePipeline, n: int, seed: int) -> dict:
+def editing_figures(pipe: MiniDallePipeline, n: int, seed: int, edits) -> dict:
     resolution = pipe.vqvae.config.resolution
     margin = resolution // pipe.layout.grid_w  # one code cell
     rows = []
-    for picture_attrs, new_attrs in EDITS:
+    for picture_attrs, new_attrs in edits:
         picture = render(picture_attrs, resolution)
         box = _cell_box(new_attrs.position, resolution)
         out = pipe.edit(
@@ -224,10 +227,13 @@ def main(argv: list[str] | None = None) -> dict:
         "model": args.model,
         "seed": args.seed,
         "negative_prompt": negative_prompt_figures(pipe, args.images, args.seed),
-        "editing": editing_figures(pipe, args.images, args.seed),
+        "editing": {
+            "empty_cell": editing_figures(pipe, args.images, args.seed, EDITS),
+            "replace": editing_figures(pipe, args.images, args.seed, REPLACEMENTS),
+        },
         "variations": variation_figures(pipe, args.images, args.seed),
     }
-    neg, edit, var = result["negative_prompt"]["mean"], result["editing"]["mean"], result["variations"]
+    neg, var = result["negative_prompt"]["mean"], result["variations"]
     print("| negative prompt | negated colour % | shape+position+size right % |")
     print("|---|---|---|")
     print(f"| without | {neg['negated_colour_pct_without']:.1f} | {neg['named_right_pct_without']:.1f} |")
@@ -237,11 +243,13 @@ def main(argv: list[str] | None = None) -> dict:
         "| editing | outside change vs input | vs reconstruction | reconstruction error | inside all four % | colour % | shape % |"
     )
     print("|---|---|---|---|---|---|---|")
-    print(
-        f"| mean of {len(result['editing']['edits'])} edits | {edit['outside_change_vs_input']:.2f} | "
-        f"{edit['outside_change_vs_reconstruction']:.2f} | {edit['reconstruction_error_outside']:.2f} | "
-        f"{edit['inside_all_four_pct']:.1f} | {edit['inside_color_pct']:.1f} | {edit['inside_shape_pct']:.1f} |"
-    )
+    for kind, figures in result["editing"].items():
+        edit = figures["mean"]
+        print(
+            f"| {kind} ({len(figures['edits'])} edits) | {edit['outside_change_vs_input']:.2f} | "
+            f"{edit['outside_change_vs_reconstruction']:.2f} | {edit['reconstruction_error_outside']:.2f} | "
+            f"{edit['inside_all_four_pct']:.1f} | {edit['inside_color_pct']:.1f} | {edit['inside_shape_pct']:.1f} |"
+        )
     print()
     print(
         f"| variations (reconstruction: {var['reconstruction_all_four_pct']:.0f}% all four) | agreement all four % | diversity |"
