@@ -1,4 +1,5 @@
-"""A local web demo: type a prompt, watch the images appear row by row as the codes are sampled.
+"""A local web demo: type a prompt, watch the images appear row by row as the codes are sampled; edit a
+region of a picture, or make variations of it (tabs Generate, Edit, Variations; app_tabs.py).
 
     python app_gradio.py --model outputs/pipeline_tiny [--host 127.0.0.1] [--port 7860]
 
@@ -19,17 +20,16 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import argparse  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
-import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import gradio as gr  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
+from app_tabs import GALLERY_LABEL, edit_tab, stream_to_gallery, variations_tab  # noqa: E402
 from minidalle.arguments import check_int  # noqa: E402
 from minidalle.errors import ArgumentError, OneLineParser, run_main  # noqa: E402
 from minidalle.images import upscale  # noqa: E402
-from pipeline import PIPELINE_CONFIG_FILE, MiniDallePipeline, PromptTruncatedWarning  # noqa: E402
+from pipeline import PIPELINE_CONFIG_FILE, MiniDallePipeline  # noqa: E402
 from pipeline.seeds import RANDOM_SEEDS_BELOW, draw_seed  # noqa: E402
 
 logger = logging.getLogger("app_gradio")
@@ -80,6 +80,12 @@ def build_app(
         # Tiny images are blown up by whole pixels (nearest): crisp in the page, still lossless PNGs.
         return [upscale(im, display_size) for im in images]
 
+    def seed_of(prompt, seed, randomize, num_images=1, allow_empty=False):
+        kwargs = _check_request(
+            prompt, num_images, seed, randomize, max_images, max_prompt_chars, allow_empty
+        )
+        return kwargs["prompt"], kwargs["seed"]
+
     def generate(
         prompt,
         num_images,
@@ -89,54 +95,25 @@ def build_app(
         guidance_scale,
         seed,
         randomize,
+        negative,
         progress=gr.Progress(),  # noqa: B008
     ):
-        kwargs = _check_request(prompt, num_images, seed, randomize, max_images, max_prompt_chars)
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                stream = pipe.stream(
-                    kwargs["prompt"],
-                    num_images_per_prompt=kwargs["num_images"],
-                    temperature=temperature,
-                    top_k=_as_int(top_k),
-                    top_p=top_p,
-                    guidance_scale=guidance_scale,
-                    seed=kwargs["seed"],
-                )
-            for w in caught:
-                if isinstance(w.message, PromptTruncatedWarning):
-                    cut = w.message.cuts[0].tokens_cut
-                    gr.Warning(
-                        f"Prompt too long for this model (it reads {w.message.text_len} tokens): "
-                        f"its last {cut} tokens were cut."
-                    )
-                else:
-                    logger.warning("%s", w.message)
-            started = time.perf_counter()
-            done: list = []  # images of the finished batches
-            progress(0.0, desc="Sampling")
-            for event in stream:
-                if event.row == event.num_rows - 1:  # this batch is finished
-                    done.extend(event.images)
-                    shown = done
-                else:
-                    shown = done + event.images
-                desc = f"Row {event.row + 1} of {event.num_rows}"
-                progress(event.progress, desc=desc)
-                yield show(shown), kwargs["seed"], f"Sampling: {desc.lower()}, {event.progress:.0%} done..."
-            output = stream.output
-            seconds = time.perf_counter() - started
-            yield show(output.images), output.seed, f"Done: {len(output.images)} images in {seconds:.1f} s."
-        except ValueError as err:  # invalid settings: the pipeline's message names the argument and range
-            raise gr.Error(str(err), print_exception=False) from None
-        except gr.Error:
-            raise
-        except Exception:
-            logger.exception("Generation failed")
-            raise gr.Error(
-                "Generation failed because of an internal error; the server log has the details."
-            ) from None
+        prompt, seed = seed_of(prompt, seed, randomize, num_images)
+
+        def start():
+            return pipe.stream(
+                prompt,
+                num_images_per_prompt=int(num_images),
+                temperature=temperature,
+                top_k=_as_int(top_k),
+                top_p=top_p,
+                guidance_scale=guidance_scale,
+                seed=seed,
+                negative_prompt=(negative or "").strip() or None,
+            )
+
+        for pictures, seed_shown, status, images in stream_to_gallery(start, seed, show, progress):
+            yield pictures, seed_shown, status, images or gr.skip()
 
     with gr.Blocks(title="mini-DALL-E", delete_cache=(600, 1800)) as demo:
         gr.Markdown(
@@ -144,62 +121,84 @@ def build_app(
             f"transformer and drawn by a VQ-VAE decoder ({layout.grid_h}x{layout.grid_w} codes, "
             f"{pipe.vqvae.config.resolution}x{pipe.vqvae.config.resolution} pixels). Watch the rows appear."
         )
-        with gr.Row():
-            with gr.Column(scale=1):
-                prompt = gr.Textbox(
-                    label="Prompt",
-                    placeholder=examples[0] if examples else "describe a picture",
-                    max_length=max_prompt_chars,
-                    lines=2,
-                    elem_id="prompt",
-                )
-                num_images = gr.Slider(
-                    1, max_images, value=min(4, max_images), step=1, label="Number of images"
-                )
-                with gr.Accordion("Sampling", open=False):
-                    temperature = gr.Slider(
-                        0.0, 2.0, value=cfg.temperature, step=0.05, label="Temperature (0 = greedy)"
-                    )
-                    top_k = gr.Slider(
-                        1,
-                        layout.codebook_size,
-                        value=cfg.top_k or layout.codebook_size,
-                        step=1,
-                        label=f"Top-k ({layout.codebook_size} = off)",
-                    )
-                    top_p = gr.Slider(0.05, 1.0, value=cfg.top_p or 1.0, step=0.01, label="Top-p (1 = off)")
-                    guidance = gr.Slider(
-                        0.0, 10.0, value=cfg.guidance_scale, step=0.25, label="Guidance scale (1 = off)"
-                    )
+        generated = gr.State([])  # the last Generate run's images, for the Edit and Variations tabs
+        with gr.Tabs():
+            with gr.Tab("Generate", id="generate-tab"):
                 with gr.Row():
-                    seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
-                    randomize = gr.Checkbox(value=True, label="Randomise seed")
-                button = gr.Button("Generate", variant="primary", elem_id="generate")
-                status = gr.Markdown(
-                    "The pictures appear row by row while the codes are sampled.",
-                    elem_id="status",
-                    min_height=64,
-                    container=True,
-                    padding=True,
+                    with gr.Column(scale=1):
+                        prompt = gr.Textbox(
+                            label="Prompt",
+                            placeholder=examples[0] if examples else "describe a picture",
+                            max_length=max_prompt_chars,
+                            lines=2,
+                            elem_id="prompt",
+                        )
+                        num_images = gr.Slider(
+                            1, max_images, value=min(4, max_images), step=1, label="Number of images"
+                        )
+                        with gr.Accordion("Sampling", open=False):
+                            temperature = gr.Slider(
+                                0.0, 2.0, value=cfg.temperature, step=0.05, label="Temperature (0 = greedy)"
+                            )
+                            top_k = gr.Slider(
+                                1,
+                                layout.codebook_size,
+                                value=cfg.top_k or layout.codebook_size,
+                                step=1,
+                                label=f"Top-k ({layout.codebook_size} = off)",
+                            )
+                            top_p = gr.Slider(
+                                0.05, 1.0, value=cfg.top_p or 1.0, step=0.01, label="Top-p (1 = off)"
+                            )
+                            guidance = gr.Slider(
+                                0.0,
+                                10.0,
+                                value=cfg.guidance_scale,
+                                step=0.25,
+                                label="Guidance scale (1 = off)",
+                            )
+                        with gr.Row():
+                            seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
+                            randomize = gr.Checkbox(value=True, label="Randomise seed")
+                        negative = gr.Textbox(
+                            label="Negative prompt (optional): steer away from this caption",
+                            max_length=max_prompt_chars,
+                            elem_id="negative-prompt",
+                        )
+                        button = gr.Button("Generate", variant="primary", elem_id="generate")
+                        status = gr.Markdown(
+                            "The pictures appear row by row while the codes are sampled.",
+                            elem_id="status",
+                            min_height=64,
+                            container=True,
+                            padding=True,
+                        )
+                    with gr.Column(scale=2):
+                        gallery = gr.Gallery(
+                            label=GALLERY_LABEL,
+                            format="png",
+                            columns=4,
+                            object_fit="contain",
+                            height="auto",
+                            interactive=False,
+                            elem_id="gallery",
+                        )
+                        seed_used = gr.Number(
+                            label="Seed used", precision=0, interactive=False, elem_id="seed-used"
+                        )
+                if examples:
+                    gr.Examples(examples=[[e] for e in examples], inputs=[prompt], label="Example prompts")
+                inputs = [prompt, num_images, temperature, top_k, top_p, guidance, seed, randomize, negative]
+                # The progress bar goes on the status line, so it does not cover the gallery filling up.
+                outputs = [gallery, seed_used, status, generated]
+                button.click(generate, inputs, outputs, api_name="generate", show_progress_on=[status])
+                prompt.submit(
+                    generate, inputs, outputs, api_visibility="undocumented", show_progress_on=[status]
                 )
-            with gr.Column(scale=2):
-                gallery = gr.Gallery(
-                    label="Images",
-                    format="png",
-                    columns=4,
-                    object_fit="contain",
-                    height="auto",
-                    interactive=False,
-                    elem_id="gallery",
-                )
-                seed_used = gr.Number(label="Seed used", precision=0, interactive=False, elem_id="seed-used")
-        if examples:
-            gr.Examples(examples=[[e] for e in examples], inputs=[prompt], label="Example prompts")
-        inputs = [prompt, num_images, temperature, top_k, top_p, guidance, seed, randomize]
-        # The progress bar goes on the status line, so it does not cover the gallery filling up.
-        outputs = [gallery, seed_used, status]
-        button.click(generate, inputs, outputs, api_name="generate", show_progress_on=[status])
-        prompt.submit(generate, inputs, outputs, api_visibility="undocumented", show_progress_on=[status])
+            with gr.Tab("Edit", id="edit-tab"):
+                edit_tab(pipe, generated, seed_of, show, max_prompt_chars)
+            with gr.Tab("Variations", id="variations-tab"):
+                variations_tab(pipe, generated, seed_of, show, max_prompt_chars)
     return demo
 
 
@@ -207,9 +206,12 @@ def _as_int(value):
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-def _check_request(prompt, num_images, seed, randomize, max_images: int, max_prompt_chars: int) -> dict:
-    """The app's own caps (the pipeline checks the sampling settings and the seed); errors show in the page."""
-    if not isinstance(prompt, str) or not prompt.strip():
+def _check_request(
+    prompt, num_images, seed, randomize, max_images: int, max_prompt_chars: int, allow_empty: bool = False
+) -> dict:
+    """The app's own caps (the pipeline checks the sampling settings and the seed); errors show in the page.
+    ``allow_empty``: an empty prompt is allowed (caption-free variations)."""
+    if not isinstance(prompt, str) or (not prompt.strip() and not allow_empty):
         raise gr.Error("Enter a prompt: describe the picture to generate.", print_exception=False)
     if len(prompt) > max_prompt_chars:
         raise gr.Error(

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from minidalle.arguments import MAX_BATCH_SIZE
+from minidalle.trackers import check_report_to
 
 
 @dataclass
@@ -35,7 +36,7 @@ class TrainConfig:
     # schedule still follows max_steps, and --resume_from_checkpoint latest continues the run.
     stop_after_steps: int | None = None
     max_nonfinite_steps: int = 10  # stop after this many non-finite steps in a row
-    report_to: str = "tensorboard"  # "tensorboard" or "none"
+    report_to: str = "tensorboard"  # "none" or a tracker accelerate supports: tensorboard, wandb, mlflow...
     compile: bool = False  # torch.compile the model after Accelerate's wrapping (stage 2)
     # CUDA only (CPU runs are unchanged): fp32 matmuls on TF32 tensor cores, and AdamW as one fused kernel.
     tf32: bool = True
@@ -62,7 +63,6 @@ class TrainConfig:
             (self.checkpoint_every >= 0, "train.checkpoint_every must be >= 0 (0: only at the end)"),
             (self.checkpoints_total_limit >= 1, "train.checkpoints_total_limit must be >= 1"),
             (self.max_nonfinite_steps >= 1, "train.max_nonfinite_steps must be >= 1"),
-            (self.report_to in ("tensorboard", "none"), "train.report_to must be tensorboard or none"),
             (
                 self.stop_after_steps is None or self.stop_after_steps >= 1,
                 "train.stop_after_steps must be >= 1",
@@ -71,6 +71,7 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        check_report_to(self.report_to)
 
 
 def cosine_with_warmup(

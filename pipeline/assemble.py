@@ -7,7 +7,8 @@
 is the model recorded in ``<stage2>/stage1.json``. ``--stage2`` is a stage-2 run folder (or one of its
 ``checkpoint-*`` folders) holding ``transformer/`` and ``tokenizer/``. The stage-1 model must be the one
 the transformer was trained on (same fingerprint as in ``stage1.json``). Only JSON and safetensors files
-are copied; the result is loaded once to prove the parts fit together.
+are copied; the result is loaded once to prove the parts fit together, and gets a model card
+(``README.md``). ``--push-to-hub user/name`` then uploads it to the Hugging Face Hub.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from stage2_transformer.stage1_record import STAGE1_RECORD, describe, read_stage
 
 from .folder import PIPELINE_CONFIG_FILE, TOKENIZER_DIR, TRANSFORMER_DIR, VQVAE_DIR, PipelineConfig
 from .pipeline import MiniDallePipeline
+from .sharing import push_folder, write_model_card
 
 _VQVAE_FILES = ("config.json", "model.safetensors")
 _PIPELINE_ENTRIES = {PIPELINE_CONFIG_FILE, VQVAE_DIR, TRANSFORMER_DIR, TOKENIZER_DIR}
@@ -106,6 +108,7 @@ def assemble_pipeline(
         _copy(stage2 / TOKENIZER_DIR, staging / TOKENIZER_DIR, _TOKENIZER_FILES, required=("tokenizer.json",))
         config.save(staging / PIPELINE_CONFIG_FILE)
         MiniDallePipeline.from_pretrained(staging, device="cpu")  # the parts must fit together
+        write_model_card(staging, config)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staging.rename(out_dir)
@@ -168,10 +171,14 @@ def _assemble(argv: list[str]) -> int:
     parser.add_argument("--guidance-scale", type=float)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--max-batch-size", type=int)
+    parser.add_argument("--push-to-hub", metavar="USER/NAME", help="then upload the folder to this Hub repo")
     args = parser.parse_args(argv)
     names = ("temperature", "top_k", "top_p", "guidance_scale", "batch_size", "max_batch_size")
     overrides = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
     out = assemble_pipeline(args.stage1, args.stage2, args.out, overwrite=args.overwrite, **overrides)
+    if args.push_to_hub:
+        write_model_card(out, PipelineConfig.load(out / PIPELINE_CONFIG_FILE), args.push_to_hub)
+        print(f"Pushed: {push_folder(out, args.push_to_hub)}")
     print(
         f"Assembled {out} (try: python -m pipeline.generate --model {out} --prompt '...' -n 4 --out grid.png)"
     )

@@ -4,9 +4,12 @@
         --out grid.png [--seed 0] [--prompts-file prompts.txt] [--guidance-scale 3 --top-k 64 ...]
 
 Writes ``grid.png``, the single images to ``grid_images/`` (``p{prompt}_{image}.png``) and the settings,
-prompts and seed to ``grid.json``, so any image can be made again. ``--image photo.png --keep-rows 3``
-completes a picture instead; ``--rerank-clip DIR --num-candidates 16`` keeps the best ``-n`` of 16 by
-CLIP.
+prompts, seed and the bits of each image under the prior (with and without its caption) to
+``grid.json``, so any image can be made again. ``--negative-prompt "a red circle"`` steers away from
+a caption. ``--image photo.png`` with ``--keep-rows 3`` completes a picture, with ``--box 0 0 16 16``
+repaints that region (pixels of the image) under the prompt, with ``--strength 0.3`` makes variations
+(an empty ``--prompt ""`` for caption-free ones). ``--rerank-clip DIR --num-candidates 16`` keeps the
+best ``-n`` of 16 by CLIP. ``--model`` is a folder or a Hub repo id (``user/name``).
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ MAX_PROMPT_CHARS = 2000  # longer lines are almost surely a wrong file; the mode
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="pipeline folder (python -m pipeline.assemble makes one)")
+    p.add_argument(
+        "--model", required=True, help="pipeline folder (python -m pipeline.assemble) or Hub repo id"
+    )
     p.add_argument("--prompt", action="append", default=[], help="a prompt; repeat for several")
     p.add_argument("--prompts-file", help="a text file with one prompt per line (blank lines skipped)")
     p.add_argument("-n", "--num-images", type=int, default=4, help="images per prompt (default 4)")
@@ -49,6 +54,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dtype", help="fp32, bf16 or fp16 (default: bf16 on cuda, fp32 on cpu)")
     p.add_argument("--image", help="complete this image: keep its first --keep-rows rows of codes")
     p.add_argument("--keep-rows", type=int)
+    p.add_argument("--box", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"), help="edit this region")
+    p.add_argument("--strength", type=float, help="variations: the share of the image's codes resampled")
+    p.add_argument(
+        "--negative-prompt", action="append", help="steer away from this caption; once, or once per prompt"
+    )
     p.add_argument("--rerank-clip", help="a local CLIPModel folder: keep the best -n of --num-candidates")
     p.add_argument("--num-candidates", type=int)
     p.add_argument("--columns", type=int, help="grid columns (default: images per prompt, at most 8)")
@@ -94,9 +104,15 @@ def _generate(args: argparse.Namespace) -> int:
             extra["image"] = Image.open(args.image)
         except OSError as err:
             raise ArgumentError(f"--image {args.image!r} cannot be read as an image ({err}).") from None
-        extra["keep_rows"] = args.keep_rows
-    elif args.keep_rows is not None:
-        raise ArgumentError("--keep-rows needs --image, the picture to complete.")
+        extra.update(keep_rows=args.keep_rows, box=args.box, strength=args.strength)
+    elif args.keep_rows is not None or args.box is not None or args.strength is not None:
+        raise ArgumentError(
+            "--keep-rows, --box and --strength need --image, the picture to complete, edit or vary."
+        )
+    if args.negative_prompt:
+        extra["negative_prompt"] = (
+            args.negative_prompt[0] if len(args.negative_prompt) == 1 else args.negative_prompt
+        )
     if args.rerank_clip:
         from .rerank import ClipReranker
 
@@ -144,6 +160,9 @@ def _generate(args: argparse.Namespace) -> int:
         "defaults": {name: getattr(pipe.config, name) for name in SAMPLING},
         "images": paths,
         "scores": output.scores,
+        "negative_prompt": args.negative_prompt,
+        "bits_with_caption": output.bits_with_caption,
+        "bits_without_caption": output.bits_without_caption,
     }
     out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     rows = math.ceil(len(output.images) / max(1, columns))

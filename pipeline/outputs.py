@@ -19,6 +19,23 @@ class PipelineOutput:
     seed: int | list[int]  # the seed(s) used: pass it back to get the same images
     codes: torch.Tensor | None = None  # (num_images, h, w) int64 on the CPU, with return_codes=True
     scores: list[float] | None = None  # CLIP similarity of each kept image, when re-ranked
+    # The bits of each image's codes under the prior, with its caption and with the empty caption:
+    # their difference is how much the caption explains (pipe.score gives the same for any image).
+    bits_with_caption: list[float] | None = None
+    bits_without_caption: list[float] | None = None
+
+
+@dataclass
+class ImageBits:
+    """``pipe.score(images, captions)``: bits of each image's codes under the prior."""
+
+    with_caption: list[float]
+    without_caption: list[float]
+
+    @property
+    def caption_bits(self) -> list[float]:
+        """Bits the caption saves: > 0 when the caption makes the image more likely."""
+        return [u - c for c, u in zip(self.with_caption, self.without_caption)]
 
 
 @dataclass

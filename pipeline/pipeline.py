@@ -1,16 +1,19 @@
 """The text-to-image pipeline: caption -> stage-2 image codes -> stage-1 decoder -> PIL images.
 
-    pipe = MiniDallePipeline.from_pretrained("outputs/pipeline_tiny")   # a folder: see pipeline/folder.py
-    out = pipe(["a red circle"], num_images_per_prompt=4, seed=0)     # PipelineOutput
-    out.images[0].save("circle.png"); print(out.seed)
+    pipe = MiniDallePipeline.from_pretrained("outputs/pipeline_tiny")   # a folder or a Hub repo id
+    out = pipe(["a red circle"], num_images_per_prompt=4, seed=0)     # PipelineOutput (+ bits per image)
+    out.images[0].save("circle.png"); print(out.seed)                  # also: edit, variations, score
 
-A call runs in named phases: check inputs, encode prompts, prepare codes (the kept rows of images to
-complete), sample, decode, and re-rank when asked. Seeds: one generator per image (pipeline/seeds.py).
+A call runs in named phases: check inputs, encode prompts, prepare codes (an input image's codes and
+where to resample them), sample, decode, re-rank when asked, and measure each image's bits. Seeds: one
+generator per image (pipeline/seeds.py); editing, variations and completion: pipeline/regions.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Sequence
@@ -29,17 +32,21 @@ from stage2_transformer.layout import SequenceLayout
 from stage2_transformer.tokenizer import CaptionTruncatedWarning, encode_captions
 
 from .folder import PipelineConfig, load_parts, part_mismatches, raise_if_incompatible, save_parts
-from .outputs import PipelineOutput, PromptTruncatedWarning, RowEvent
+from .outputs import ImageBits, PipelineOutput, PromptTruncatedWarning, RowEvent
+from .regions import check_strength, sample_masks
+from .rerank import best_per_prompt
 from .seeds import check_seed, image_seed
 from .settings import (
     MAX_IMAGES_PER_PROMPT,
     GenerationSettings,
     check_candidates,
     check_completion,
+    check_negative_prompts,
     check_prompts,
     check_total,
 )
-from .stream import GenerationStream
+from .sharing import push_folder, resolve_pipeline_folder, write_model_card
+from .stream import GenerationStream, partial_pictures
 
 RowCallback = Callable[[RowEvent], None]
 
@@ -71,20 +78,33 @@ class MiniDallePipeline:
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         allow_unverified: bool = False,
+        **hub,
     ) -> MiniDallePipeline:
-        """Load a local pipeline folder. ``device``: default CUDA when present, else CPU. ``dtype`` (of the
-        transformer; the small VQ-VAE stays float32): default bf16 on CUDA (fp16 where bf16 is missing),
-        float32 on the CPU. ``allow_unverified``: load a folder whose config records no stage-1
-        fingerprint (otherwise refused)."""
+        """Load a pipeline folder, or a Hub repo id ``user/name`` (``hub``: revision, cache_dir, token,
+        local_files_only of ``snapshot_download``). ``device``: default CUDA when present, else CPU.
+        ``dtype`` (of the transformer; the small VQ-VAE stays float32): default bf16 on CUDA (fp16 where
+        bf16 is missing), float32 on the CPU. ``allow_unverified``: load a folder whose config records
+        no stage-1 fingerprint (otherwise refused)."""
+        folder = resolve_pipeline_folder(path, **hub)
         device, dtype = resolve_device_dtype(device, dtype)
         allow_tf32_on_cuda(device)  # the VQ-VAE decode runs in fp32
-        return cls(*load_parts(Path(path), device, dtype, allow_unverified))
+        return cls(*load_parts(folder, device, dtype, allow_unverified))
 
-    def save_pretrained(self, path: str | Path) -> Path:
-        """Write the folder ``from_pretrained`` reads (weights in their current dtype)."""
+    def save_pretrained(self, path: str | Path, push_to_hub: bool = False, **hub) -> Path:
+        """Write the folder ``from_pretrained`` reads (weights in their current dtype) and its model card;
+        ``push_to_hub=True`` uploads it (``hub``: repo_id, token, private, commit_message)."""
         folder = Path(path)
         save_parts(folder, self.vqvae, self.transformer, self.layout, self.tokenizer, self.config)
+        write_model_card(folder, self.config, hub.get("repo_id"))
+        if push_to_hub:
+            push_folder(folder, **hub)
         return folder
+
+    def push_to_hub(self, repo_id: str, **hub) -> str:
+        """Save to a temporary folder and upload it (``hub``: token, private, commit_message)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp, repo_id=repo_id)
+            return push_folder(Path(tmp), repo_id, **hub)
 
     @property
     def device(self) -> torch.device:
@@ -103,22 +123,22 @@ class MiniDallePipeline:
         """Generate ``num_images_per_prompt`` images for each prompt.
 
         ``settings``: the keywords of ``GenerationSettings`` (num_images_per_prompt, temperature, top_k,
-        top_p, guidance_scale, seed, batch_size, return_codes, image + keep_rows for completion,
-        rerank_with + num_candidates for re-ranking); unknown ones are errors. ``on_row(RowEvent)`` is
-        called after each sampled row.
+        top_p, guidance_scale, seed, batch_size, return_codes, negative_prompt, image + keep_rows / box /
+        strength for completion / editing / variations, rerank_with + num_candidates for re-ranking);
+        unknown ones are errors. ``on_row(RowEvent)`` is called after each sampled row.
         """
         # 1. Check inputs
         prompts, run = self.check_inputs(prompts, GenerationSettings(**settings))
-        # 2. Encode prompts
-        text_ids = self.encode_prompts(prompts)  # (P, T)
-        # 3. Prepare codes: the kept rows of the images to complete
-        prefix = self.prepare_codes(run)  # (P, k, w) or None
+        # 2. Encode prompts (and the negative ones)
+        text_ids, negative_ids = self.encode_prompts(prompts), self.encode_negative(run)  # (P, T) each
+        # 3. Prepare codes: the input images' codes and which of them to resample
+        plan = self.prepare_codes(run)  # ((P, N), (P * candidates, N)) or None
         # 4. Sample
-        codes = self.sample_image_codes(text_ids, prefix, run, on_row)  # (P * candidates, h, w)
+        codes = self.sample_image_codes(text_ids, negative_ids, plan, run, on_row)  # (P * candidates, h, w)
         # 5. Decode
         images = self.decode_codes(codes)
-        # 6. Re-rank: keep the candidates CLIP matches best
-        return self.rerank(images, prompts, codes, run)
+        # 6. Re-rank: keep the candidates CLIP matches best; 7. the bits of each image under the prior
+        return self.measure_bits(self.rerank(images, prompts, codes, run), run)
 
     def stream(self, prompts: str | Sequence[str], **settings) -> GenerationStream:
         """The iterator form of ``__call__``: yields ``RowEvent``s; ``.output`` holds the result at the end.
@@ -129,12 +149,12 @@ class MiniDallePipeline:
         if "on_row" in settings:
             raise TypeError("stream() reports rows itself; do not pass on_row.")
         prompts, run = self.check_inputs(prompts, GenerationSettings(**settings))
-        text_ids = self.encode_prompts(prompts)  # (P, T)
-        prefix = self.prepare_codes(run)  # (P, k, w) or None
+        text_ids, negative_ids = self.encode_prompts(prompts), self.encode_negative(run)  # (P, T) each
+        plan = self.prepare_codes(run)  # ((P, N), (P * candidates, N)) or None
 
-        def sample_decode_rerank(on_row: RowCallback) -> PipelineOutput:  # phases 4-6, in the worker
-            codes = self.sample_image_codes(text_ids, prefix, run, on_row)  # (P * candidates, h, w)
-            return self.rerank(self.decode_codes(codes), prompts, codes, run)
+        def sample_decode_rerank(on_row: RowCallback) -> PipelineOutput:  # phases 4-7, in the worker
+            codes = self.sample_image_codes(text_ids, negative_ids, plan, run, on_row)  # (P * cand., h, w)
+            return self.measure_bits(self.rerank(self.decode_codes(codes), prompts, codes, run), run)
 
         return GenerationStream(sample_decode_rerank)
 
@@ -145,6 +165,30 @@ class MiniDallePipeline:
             raise ArgumentError(f"complete() takes one prompt (a string), got {type(prompt).__name__}.")
         return self(prompt, image=image, keep_rows=keep_rows, **settings)
 
+    def edit(self, image: Image.Image, prompt: str, box, **settings) -> PipelineOutput:
+        """Region editing: resample the codes of the cells ``box`` = (x0, y0, x1, y1) (pixels of ``image``)
+        touches under ``prompt``, in raster order, keeping every other code. Other arguments as for
+        ``__call__``; ``pipe.stream(prompt, image=image, box=box)`` shows the region filling row by row."""
+        return self(prompt, image=image, box=box, **settings)
+
+    def variations(
+        self, image: Image.Image, n: int = 4, prompt: str | None = None, strength: float = 0.3, **settings
+    ) -> PipelineOutput:
+        """``n`` variations of ``image``: each resamples a random ``strength`` share of its codes (its own
+        positions, drawn from its seed) under ``prompt``, or under the empty caption when None."""
+        return self(prompt or "", image=image, strength=strength, num_images_per_prompt=n, **settings)
+
+    def score(self, images: Image.Image | Sequence[Image.Image], captions: str | Sequence[str]) -> ImageBits:
+        """The bits of each image's codes under the prior, with its caption and with the empty caption
+        (one caption for all images, or one per image)."""
+        images = [images] if isinstance(images, Image.Image) else list(images)
+        captions = [captions] * len(images) if isinstance(captions, str) else list(captions)
+        if len(captions) != len(images) or not images:
+            raise ArgumentError(
+                f"score needs one caption or one per image ({len(images)}); got {len(captions)}."
+            )
+        return self._bits(self.encode_image(images), check_prompts(captions, allow_empty=True))
+
     # ----------------------------------------------------------------------------------------------
     # the phases
 
@@ -152,7 +196,7 @@ class MiniDallePipeline:
         """Validate a call; return its prompts and its settings with every default filled in:
         ``num_candidates`` is then the images sampled per prompt, ``image`` one image per prompt."""
         cfg = self.config
-        prompts = check_prompts(prompts)
+        prompts = check_prompts(prompts, allow_empty=settings.strength is not None)
         num_images = check_int(
             "num_images_per_prompt", settings.num_images_per_prompt, 1, MAX_IMAGES_PER_PROMPT
         )
@@ -167,7 +211,12 @@ class MiniDallePipeline:
         if batch_size is None:
             batch_size = min(len(prompts) * per_prompt, cfg.batch_size)
         images, keep_rows = check_completion(
-            settings.image, settings.keep_rows, len(prompts), self.layout.grid_h
+            settings.image,
+            settings.keep_rows,
+            len(prompts),
+            self.layout.grid_h,
+            settings.box,
+            settings.strength,
         )
         return prompts, dataclasses.replace(
             settings,
@@ -179,8 +228,10 @@ class MiniDallePipeline:
             seed=check_seed(settings.seed, len(prompts)),
             batch_size=check_int("batch_size", batch_size, 1, cfg.max_batch_size),
             return_codes=bool(settings.return_codes),
+            negative_prompt=check_negative_prompts(settings.negative_prompt, len(prompts), guidance_scale),
             image=images,
             keep_rows=keep_rows,
+            strength=None if settings.strength is None else check_strength(settings.strength),
             num_candidates=per_prompt,
         )
 
@@ -196,16 +247,23 @@ class MiniDallePipeline:
             warnings.warn(message, stacklevel=3)
         return text_ids
 
-    def prepare_codes(self, run: GenerationSettings) -> torch.Tensor | None:
-        """The first ``keep_rows`` rows of codes of the images to complete: (P, k, w), or None."""
+    def encode_negative(self, run: GenerationSettings) -> torch.Tensor | None:
+        """The negative prompts' (P, T) token ids, or None (guidance then uses the empty caption)."""
+        return None if run.negative_prompt is None else self.encode_prompts(run.negative_prompt)
+
+    def prepare_codes(self, run: GenerationSettings) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """For an input image: its codes (P, N) and, per image to sample, where to resample (P * cand., N)."""
         if run.image is None:
             return None
-        return self.encode_image(run.image)[:, : run.keep_rows]  # (P, k, w)
+        h, w = self.layout.grid_h, self.layout.grid_w
+        codes = self.encode_image(run.image).reshape(len(run.image), h * w)  # (P, N)
+        return codes, sample_masks(run, h, w)  # (P, N), (P * candidates, N)
 
     def sample_image_codes(
         self,
         text_ids: torch.Tensor,
-        prefix: torch.Tensor | None,
+        negative_ids: torch.Tensor | None,
+        plan: tuple[torch.Tensor, torch.Tensor] | None,
         run: GenerationSettings,
         on_row: RowCallback | None,
     ) -> torch.Tensor:
@@ -213,6 +271,8 @@ class MiniDallePipeline:
         its own seeded generator: (P * candidates, h, w) codes on the CPU."""
         device, per_prompt = self.device, run.num_candidates
         total = text_ids.shape[0] * per_prompt
+        sampled = torch.zeros(1) if plan is None else plan[1].any(0).nonzero()  # positions sampled
+        first_row = int(sampled[0]) // self.layout.grid_w if len(sampled) else self.layout.grid_h
         prompt_of = torch.arange(total) // per_prompt  # (N,)
         starts = range(0, total, run.batch_size)
         all_codes = []
@@ -222,6 +282,8 @@ class MiniDallePipeline:
                 torch.Generator(device=device).manual_seed(image_seed(run.seed, per_prompt, j))
                 for j in range(start, start + len(index))
             ]
+            fixed = None if plan is None else plan[0][index].to(device)  # (b, N)
+            mask = None if plan is None else plan[1][start : start + len(index)]  # (b, N)
             codes = sampling.sample_image_codes(
                 self.transformer,
                 self.layout,
@@ -231,8 +293,10 @@ class MiniDallePipeline:
                 top_p=run.top_p,
                 guidance_scale=run.guidance_scale,
                 generator=generators,
-                prefix_codes=None if prefix is None else prefix[index].to(device),  # (b, k, w)
-                on_row=self._row_reporter(on_row, start, batch, len(starts), run.keep_rows),
+                fixed_codes=fixed,
+                sample_mask=mask,
+                uncond_text_ids=None if negative_ids is None else negative_ids[index].to(device),  # (b, T)
+                on_row=self._row_reporter(on_row, start, batch, len(starts), first_row, fixed, mask),
                 guidance_plausibility=self.config.guidance_plausibility,
             )  # (b, h, w)
             all_codes.append(codes.cpu())
@@ -250,13 +314,34 @@ class MiniDallePipeline:
         prompts = [prompt for prompt in prompts for _ in range(run.num_candidates)]  # of each image
         scores = None
         if run.rerank_with is not None:
-            values, chosen = _best_per_prompt(
+            values, chosen = best_per_prompt(
                 run.rerank_with.score(images, prompts), run.num_candidates, run.num_images_per_prompt
             )
             scores = values.tolist()
             images, prompts, codes = [images[i] for i in chosen], [prompts[i] for i in chosen], codes[chosen]
-        codes = codes if run.return_codes else None
         return PipelineOutput(images=images, prompts=prompts, seed=run.seed, codes=codes, scores=scores)
+
+    def measure_bits(self, output: PipelineOutput, run: GenerationSettings) -> PipelineOutput:
+        """Fill in the bits of each image with and without its caption (then drop the codes unless asked)."""
+        bits = self._bits(output.codes, output.prompts)
+        output.bits_with_caption, output.bits_without_caption = bits.with_caption, bits.without_caption
+        output.codes = output.codes if run.return_codes else None
+        return output
+
+    def _bits(self, codes: torch.Tensor, captions: list[str]) -> ImageBits:
+        """(B, h, w) codes and their captions -> bits under the prior with and without the captions."""
+        with self._tokenizer_lock, warnings.catch_warnings():
+            warnings.simplefilter("ignore", CaptionTruncatedWarning)  # the call warned already
+            text_ids = encode_captions(self.tokenizer, captions, self.layout.text_len)  # (B, T)
+        empty = self.layout.empty_caption_ids(len(captions))  # (B, T)
+        nats = [
+            sampling.image_token_log_likelihood(
+                self.transformer, self.layout, ids, codes, batch_size=self.config.batch_size
+            )
+            for ids in (text_ids, empty)
+        ]  # (B,) each
+        with_caption, without = [(-ll.float().cpu() / math.log(2)).tolist() for ll in nats]
+        return ImageBits(with_caption, without)
 
     # ----------------------------------------------------------------------------------------------
     # images <-> codes
@@ -272,9 +357,19 @@ class MiniDallePipeline:
     def _vqvae_device(self) -> torch.device:
         return next(self.vqvae.parameters()).device
 
-    def _row_reporter(self, on_row: RowCallback | None, start: int, batch: int, num_batches: int, kept: int):
-        """The sampler's per-row callback for batch ``batch`` (its first image: ``start``): sends a
-        ``RowEvent`` with the partial pictures to ``on_row``."""
+    def _row_reporter(
+        self,
+        on_row: RowCallback | None,
+        start: int,
+        batch: int,
+        num_batches: int,
+        kept: int,
+        fixed: torch.Tensor | None,
+        mask: torch.Tensor | None,
+    ):
+        """The sampler's per-row callback for batch ``batch`` (its first image: ``start``; rows before
+        ``kept`` are not sampled; ``fixed`` (b, N) and ``mask`` (b, N): the input image's codes and where
+        they are resampled): sends a ``RowEvent`` with the partial pictures to ``on_row``."""
         if on_row is None:
             return None
         h = self.layout.grid_h
@@ -282,27 +377,8 @@ class MiniDallePipeline:
 
         def report(row: int, codes: torch.Tensor) -> None:  # codes (b, row + 1, w)
             done = batch * rows_per_batch + row + 1 - kept
-            images = self._partial_images(codes)
+            images = partial_pictures(self.vqvae, codes, fixed, mask)
             progress = done / (num_batches * rows_per_batch)
             on_row(RowEvent(row, h, first_image=start, images=images, codes=codes.cpu(), progress=progress))
 
         return report
-
-    def _partial_images(self, codes: torch.Tensor) -> list[Image.Image]:
-        """Decode (b, r, w) codes of the first r rows as a full picture: the unsampled rows repeat the last
-        sampled one (so the decoder's edge looks natural) and are then painted grey."""
-        b, r, w = codes.shape
-        h = self.layout.grid_h
-        full = torch.cat([codes, codes[:, -1:].expand(b, h - r, w)], dim=1)  # (b, h, w)
-        pixels = self.vqvae.decode_codes(full.to(self._vqvae_device))  # (b, 3, H, W)
-        pixels[:, :, r * pixels.shape[2] // h :] = 0.0  # grey in [-1, 1]
-        return tensor_to_pil(pixels)
-
-
-def _best_per_prompt(scores: torch.Tensor, per_prompt: int, keep: int) -> tuple[torch.Tensor, list[int]]:
-    """(P * per_prompt,) scores -> the best ``keep`` of each prompt, best first: values (P * keep,) and
-    their indices into the candidates."""
-    grouped = scores.float().cpu().reshape(-1, per_prompt)  # (P, per_prompt)
-    values, order = grouped.topk(keep, dim=1)  # (P, keep) each
-    flat = order + torch.arange(grouped.shape[0])[:, None] * per_prompt  # (P, keep)
-    return values.reshape(-1), flat.reshape(-1).tolist()

@@ -71,3 +71,12 @@ class ClipReranker:
         # transformers 5 returns a model output whose pooler_output is the projection; 4.x a tensor.
         features = out if isinstance(out, torch.Tensor) else out.pooler_output  # (b, E)
         return torch.nn.functional.normalize(features.float(), dim=-1)
+
+
+def best_per_prompt(scores: torch.Tensor, per_prompt: int, keep: int) -> tuple[torch.Tensor, list[int]]:
+    """(P * per_prompt,) scores -> the best ``keep`` of each prompt, best first: values (P * keep,) and
+    their indices into the candidates."""
+    grouped = scores.float().cpu().reshape(-1, per_prompt)  # (P, per_prompt)
+    values, order = grouped.topk(keep, dim=1)  # (P, keep) each
+    flat = order + torch.arange(grouped.shape[0])[:, None] * per_prompt  # (P, keep)
+    return values.reshape(-1), flat.reshape(-1).tolist()

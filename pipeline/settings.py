@@ -33,17 +33,22 @@ class GenerationSettings:
     seed: int | Sequence[int] | None = None  # one, one per prompt, or None: drawn and returned
     batch_size: int | None = None  # images per forward pass
     return_codes: bool = False  # PipelineOutput.codes: the (N, h, w) image codes
-    # Image completion: keep the first keep_rows rows of the image's codes (one image for all
-    # prompts, or one per prompt) and sample the rest.
+    # Fills the unconditional half of guidance instead of the empty caption: one, or one per prompt.
+    negative_prompt: str | Sequence[str] | None = None
+    # An input image (one for all prompts, or one per prompt) and which of its codes to resample, by
+    # exactly one of: keep_rows (completion: keep the first rows, sample the rest), box (editing:
+    # (x0, y0, x1, y1) in the image's pixels) or strength (variations: the share of codes resampled).
     image: Image.Image | Sequence[Image.Image] | None = None
     keep_rows: int | None = None
+    box: Sequence[float] | None = None
+    strength: float | None = None
     # Re-ranking: sample num_candidates per prompt (default twice the images asked) and keep the
     # num_images_per_prompt that rerank_with (a ClipReranker) finds closest to the prompt.
     rerank_with: object | None = None
     num_candidates: int | None = None
 
 
-def check_prompts(prompts) -> list[str]:
+def check_prompts(prompts, allow_empty: bool = False) -> list[str]:
     if isinstance(prompts, str):
         prompts = [prompts]
     if not isinstance(prompts, (list, tuple)):
@@ -55,20 +60,50 @@ def check_prompts(prompts) -> list[str]:
     for i, prompt in enumerate(prompts):
         if not isinstance(prompt, str):
             raise ArgumentError(f"prompt {i} must be a string, got {type(prompt).__name__}.")
-        if not prompt.strip():
+        if not prompt.strip() and not allow_empty:
             raise ArgumentError(f"prompt {i} is empty or whitespace: describe the image to generate.")
     return list(prompts)
 
 
-def check_completion(image, keep_rows, num_prompts: int, grid_h: int) -> tuple[list[Image.Image] | None, int]:
-    """(the images to complete, one per prompt, or None; the rows of codes to keep from them)."""
+def check_negative_prompts(negative, num_prompts: int, guidance_scale: float) -> list[str] | None:
+    """One negative prompt per prompt, or None."""
+    if negative is None:
+        return None
+    if guidance_scale == 1.0:
+        raise ArgumentError("negative_prompt acts through guidance: set guidance_scale != 1 (e.g. 3).")
+    if isinstance(negative, str):
+        negative = [negative] * num_prompts
+    if not isinstance(negative, (list, tuple)) or not all(isinstance(n, str) for n in negative):
+        raise ArgumentError("negative_prompt must be a string or a list of strings (one per prompt).")
+    if len(negative) != num_prompts:
+        raise ArgumentError(
+            f"negative_prompt must be one string or one per prompt ({num_prompts}); got {len(negative)}."
+        )
+    return list(negative)
+
+
+def check_completion(
+    image, keep_rows, num_prompts: int, grid_h: int, box=None, strength=None
+) -> tuple[list[Image.Image] | None, int]:
+    """(the input images, one per prompt, or None; the rows of codes completion keeps, else 0). The
+    box and the strength are checked where they are used (pipeline/regions.py)."""
+    tasks = [
+        name
+        for name, value in (("keep_rows", keep_rows), ("box", box), ("strength", strength))
+        if value is not None
+    ]
     if image is None:
-        if keep_rows is not None:
-            raise ArgumentError("keep_rows needs an image to complete (image=...).")
+        if tasks:
+            raise ArgumentError(
+                f"{tasks[0]} needs an image (image=...): the picture to complete, edit or vary."
+            )
         return None, 0
-    if keep_rows is None:
-        raise ArgumentError(f"image completion needs keep_rows, the rows to keep, in [0, {grid_h}].")
-    keep_rows = check_int("keep_rows", keep_rows, 0, grid_h)
+    if len(tasks) != 1:
+        raise ArgumentError(
+            f"an input image needs exactly one of keep_rows (completion, in [0, {grid_h}]), box (editing) "
+            f"or strength (variations); got {', '.join(tasks) or 'none'}."
+        )
+    keep_rows = 0 if keep_rows is None else check_int("keep_rows", keep_rows, 0, grid_h)
     images = [image] if isinstance(image, Image.Image) else list(image)
     if not all(isinstance(im, Image.Image) for im in images):
         raise ArgumentError("image must be a PIL image or a list of PIL images (one per prompt).")

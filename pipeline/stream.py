@@ -1,4 +1,5 @@
-"""``GenerationStream``: a generation run in a worker thread, its rows handed over as an iterator."""
+"""Row-by-row generation: ``GenerationStream`` runs a generation in a worker thread and hands its rows
+over as an iterator; ``partial_pictures`` decodes the rows sampled so far as whole pictures."""
 
 from __future__ import annotations
 
@@ -6,6 +7,12 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
+
+import torch
+from PIL import Image
+
+from minidalle.pixels import tensor_to_pil
+from stage1_vqvae.model import VQVAE
 
 if TYPE_CHECKING:
     from .outputs import PipelineOutput, RowEvent
@@ -60,3 +67,23 @@ class GenerationStream:
         finally:
             self._cancel.set()
             thread.join()
+
+
+def partial_pictures(
+    vqvae: VQVAE, codes: torch.Tensor, fixed: torch.Tensor | None, mask: torch.Tensor | None
+) -> list[Image.Image]:
+    """Decode (b, r, w) codes of the first r rows as a full picture: the cells still to sample repeat
+    the last sampled row (so the decoder's edge looks natural) and are then painted grey; the input
+    image's kept codes (``fixed``, ``mask``: (b, N)) show as they are."""
+    b, r, w = codes.shape
+    h = vqvae.config.grid_size
+    full = torch.cat([codes, codes[:, -1:].expand(b, h - r, w)], dim=1)  # (b, h, w)
+    pending = torch.zeros(b, h, w, dtype=torch.bool)
+    pending[:, r:] = True
+    if fixed is not None:
+        pending &= mask.cpu().reshape(b, h, w)
+        full = torch.where(pending, full, fixed.cpu().reshape(b, h, w))  # (b, h, w)
+    pixels = vqvae.decode_codes(full.to(next(vqvae.parameters()).device))  # (b, 3, H, W)
+    scale = pixels.shape[2] // h
+    grey = pending.repeat_interleave(scale, 1).repeat_interleave(scale, 2)  # (b, H, W)
+    return tensor_to_pil(pixels.masked_fill(grey[:, None].to(pixels.device), 0.0))  # grey in [-1, 1]

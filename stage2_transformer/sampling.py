@@ -54,6 +54,9 @@ def sample_image_codes(
     guidance_scale: float = 1.0,
     generator: Generators = None,
     prefix_codes: torch.Tensor | None = None,
+    fixed_codes: torch.Tensor | None = None,
+    sample_mask: torch.Tensor | None = None,
+    uncond_text_ids: torch.Tensor | None = None,
     on_row: Callable[[int, torch.Tensor], None] | None = None,
     use_cache: bool = True,
     guidance_plausibility: float = DEFAULT_GUIDANCE_PLAUSIBILITY,
@@ -62,7 +65,12 @@ def sample_image_codes(
     """Sample (B, h, w) image codes in [0, K) for captions ``text_ids`` (B, T).
 
     ``temperature == 0`` is greedy (argmax, no randomness). ``prefix_codes`` (B, k, w) fixes the first k
-    rows (image completion). ``on_row(row, codes)`` is called after each sampled row with the rows done
+    rows (image completion). More generally ``fixed_codes`` (B, h*w) with ``sample_mask`` (h*w,) or
+    (B, h*w), True where a code is sampled, keeps every other code (region editing, variations): the
+    grid is walked in raster order, sampled positions see the codes before them and fixed positions are
+    fed as given (the model is causal, so a fixed code after a sampled one cannot condition it).
+    ``uncond_text_ids`` (B, T) replaces the empty caption in the unconditional half of guidance
+    (negative prompts). ``on_row(row, codes)`` is called after each sampled row with the rows done
     so far, ``codes`` (B, row + 1, w). ``use_cache=False`` re-runs the whole sequence at every step.
     ``cache_implementation``: ``"static"`` decodes with ``KVDecoder`` (preallocated cache, fused
     projections; falls back to ``"dynamic"`` for models it does not support), ``"dynamic"`` with
@@ -79,16 +87,24 @@ def sample_image_codes(
     text_ids = _check_text_ids(text_ids, layout).to(device)  # (B, T)
     batch, h, w = text_ids.shape[0], layout.grid_h, layout.grid_w
     generators = _check_generators(generator, batch)
-    prefix = _check_prefix(prefix_codes, layout, batch).to(device)  # (B, k, w)
-    start = prefix.shape[1] * w  # first code index to sample
-
-    codes = torch.zeros(batch, h * w, dtype=torch.long, device=device)  # (B, N)
-    codes[:, :start] = prefix.reshape(batch, -1)
+    codes, mask = _check_fixed(prefix_codes, fixed_codes, sample_mask, layout, batch)  # (B, N) each
+    codes, mask = codes.to(device), mask.to(device)
+    sampled_at = mask.any(dim=0).tolist()  # (N,) positions where some image samples
+    if not any(sampled_at):
+        return codes.reshape(batch, h, w)  # nothing to sample
+    start = sampled_at.index(True)  # first code index to sample
+    last = h * w - 1 - sampled_at[::-1].index(True)  # no forward pass is needed after it
+    partial = not mask[:, start:].all()  # some positions after start are fixed
     boi = torch.full((batch, 1), layout.boi_id, dtype=torch.long, device=device)  # (B, 1)
     seq = torch.cat([text_ids, boi, codes[:, :start] + layout.image_offset], dim=1)  # (B, T+1+k*w)
     guided = guidance_scale != 1.0
     if guided:  # rows [0, B) conditional, [B, 2B) unconditional
-        empty = layout.empty_caption_ids(batch, device=device)  # (B, T)
+        if uncond_text_ids is None:
+            empty = layout.empty_caption_ids(batch, device=device)  # (B, T)
+        else:
+            empty = _check_text_ids(uncond_text_ids, layout, "uncond_text_ids").to(device)  # (B, T)
+            if empty.shape[0] != batch:
+                raise ValueError(f"uncond_text_ids has {empty.shape[0]} captions, text_ids {batch}.")
         seq = torch.cat([seq, torch.cat([empty, seq[:, layout.text_len :]], dim=1)], dim=0)  # (2B, P)
 
     was_training = model.training
@@ -105,7 +121,27 @@ def sample_image_codes(
         else:
             cache = DynamicCache(config=model.config) if use_cache else None
             logits = _last_logits(model, seq, cache)[:, layout.image_slice]  # (B or 2B, K)
+
+        def advance(code: torch.Tensor) -> torch.Tensor:
+            """Feed code (B,) at the next position; return the next logits (B or 2B, K)."""
+            nonlocal seq
+            token = (code + layout.image_offset).unsqueeze(1)  # (B, 1)
+            if guided:
+                token = torch.cat([token, token], dim=0)  # (2B, 1)
+            if decoder is not None:
+                return decoder.step(token)  # (B or 2B, K)
+            if use_cache:
+                return _last_logits(model, token, cache)[:, layout.image_slice]
+            seq = torch.cat([seq, token], dim=1)  # (B or 2B, P+1)
+            return _last_logits(model, seq, None)[:, layout.image_slice]
+
         for i in range(start, h * w):
+            if not sampled_at[i]:
+                code = codes[:, i]  # (B,) fixed
+                _report_row(on_row, codes, i, w)
+                if i < last:
+                    logits = advance(code)
+                continue
             step = logits.float()  # (B or 2B, K)
             if guided:
                 cond, uncond = step[:batch], step[batch:]  # (B, K) each
@@ -118,21 +154,13 @@ def sample_image_codes(
                     floor = cond.max(dim=-1, keepdim=True).values + math.log(guidance_plausibility)  # (B, 1)
                     step = step.masked_fill(cond < floor, float("-inf"))
             code = _sample(step, temperature, top_k, top_p, generators)  # (B,)
+            if partial:  # images whose code here is fixed keep it
+                code = torch.where(mask[:, i], code, codes[:, i])
             codes[:, i] = code
-            if on_row is not None and (i + 1) % w == 0:
-                on_row((i + 1) // w - 1, codes[:, : i + 1].reshape(batch, -1, w).clone())  # (B, rows, w)
-            if i + 1 == h * w:
-                break
-            token = (code + layout.image_offset).unsqueeze(1)  # (B, 1)
-            if guided:
-                token = torch.cat([token, token], dim=0)  # (2B, 1)
-            if decoder is not None:
-                logits = decoder.step(token)  # (B or 2B, K)
-            elif use_cache:
-                logits = _last_logits(model, token, cache)[:, layout.image_slice]
-            else:
-                seq = torch.cat([seq, token], dim=1)  # (B or 2B, P+1)
-                logits = _last_logits(model, seq, None)[:, layout.image_slice]
+            _report_row(on_row, codes, i, w)
+            if i >= last:
+                continue  # the rest (if any) is fixed: no forward pass
+            logits = advance(code)
     finally:
         model.train(was_training)
     return codes.reshape(batch, h, w)  # (B, h, w)
@@ -266,13 +294,19 @@ def check_sampling_args(
     return top_k
 
 
-def _check_text_ids(text_ids: torch.Tensor, layout: SequenceLayout) -> torch.Tensor:
+def _report_row(on_row, codes: torch.Tensor, i: int, w: int) -> None:
+    """After position ``i`` ends a row: ``on_row(row, codes of the rows so far (B, rows, w))``."""
+    if on_row is not None and (i + 1) % w == 0:
+        on_row((i + 1) // w - 1, codes[:, : i + 1].reshape(codes.shape[0], -1, w).clone())
+
+
+def _check_text_ids(text_ids: torch.Tensor, layout: SequenceLayout, name: str = "text_ids") -> torch.Tensor:
     if not isinstance(text_ids, torch.Tensor) or text_ids.dim() != 2 or text_ids.shape[1] != layout.text_len:
         shape = tuple(text_ids.shape) if isinstance(text_ids, torch.Tensor) else type(text_ids).__name__
-        raise ValueError(f"text_ids must be a (B, {layout.text_len}) tensor, got {shape}.")
+        raise ValueError(f"{name} must be a (B, {layout.text_len}) tensor, got {shape}.")
     if text_ids.shape[0] == 0:
-        raise ValueError("text_ids holds no captions (batch size 0).")
-    layout._check_range(text_ids, layout.text_vocab_size, "text_ids")
+        raise ValueError(f"{name} holds no captions (batch size 0).")
+    layout._check_range(text_ids, layout.text_vocab_size, name)
     return text_ids.long()
 
 
@@ -299,3 +333,26 @@ def _check_prefix(prefix: torch.Tensor | None, layout: SequenceLayout, batch: in
         raise ValueError(f"prefix_codes has {prefix.shape[1]} rows but the grid has only {layout.grid_h}.")
     layout._check_range(prefix, layout.codebook_size, "prefix_codes")
     return prefix.long()
+
+
+def _check_fixed(prefix_codes, fixed_codes, sample_mask, layout: SequenceLayout, batch: int):
+    """(the codes to start from (B, N), where to sample (B, N) bool) from either way of fixing codes."""
+    n = layout.grid_h * layout.grid_w
+    if fixed_codes is None and sample_mask is None:
+        prefix = _check_prefix(prefix_codes, layout, batch)  # (B, k, w)
+        codes = torch.zeros(batch, n, dtype=torch.long)  # (B, N)
+        codes[:, : prefix[0].numel()] = prefix.reshape(batch, -1)
+        return codes, (torch.arange(n) >= prefix[0].numel()).expand(batch, n)
+    if prefix_codes is not None:
+        raise ValueError("give prefix_codes or fixed_codes + sample_mask, not both.")
+    if fixed_codes is None or sample_mask is None:
+        raise ValueError("fixed_codes and sample_mask go together: the codes to keep and where to sample.")
+    if fixed_codes.shape != (batch, n):
+        raise ValueError(f"fixed_codes must have shape (B={batch}, h*w={n}), got {tuple(fixed_codes.shape)}.")
+    if sample_mask.dtype != torch.bool or sample_mask.shape not in ((n,), (batch, n)):
+        raise ValueError(
+            f"sample_mask must be a bool tensor of shape (h*w={n},) or (B={batch}, {n}), "
+            f"got {sample_mask.dtype} {tuple(sample_mask.shape)}."
+        )
+    layout._check_range(fixed_codes, layout.codebook_size, "fixed_codes")
+    return fixed_codes.long().clone(), sample_mask.expand(batch, n).cpu()

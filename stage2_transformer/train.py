@@ -28,8 +28,9 @@ from minidalle.distributed import main_process_model, unwrap
 from minidalle.errors import run_main
 from minidalle.hub import model_fingerprint
 from minidalle.image_folder import require_captions
-from minidalle.images import captioned_grid, to_chw_uint8
+from minidalle.images import captioned_grid
 from minidalle.metrics_log import device_memory_metrics, format_metrics
+from minidalle.trackers import log_image
 from minidalle.trainer import TrainingRun, step_generator
 from stage1_vqvae.model import VQVAE
 from stage2_transformer.evaluation import evaluate_prior, sample_images
@@ -96,10 +97,7 @@ def log_samples(run: TrainingRun, model, layout, vqvae, tokenizer, captions, cfg
     folder.mkdir(exist_ok=True)
     grid.save(folder / f"samples-{run.step:06d}.png")
     (folder / f"samples-{run.step:06d}.txt").write_text("\n".join(repeated) + "\n")
-    for tracker in run.accelerator.trackers:
-        if tracker.name == "tensorboard":
-            tracker.writer.add_image("samples", to_chw_uint8(grid), run.step)
-            tracker.writer.add_text("sample_captions", "\n\n".join(repeated), run.step)
+    log_image(run.accelerator, "samples", grid, run.step, text=("sample_captions", "\n\n".join(repeated)))
     if cfg.data.source != "builtin":
         return {}
     scores = score_images(images, repeated)

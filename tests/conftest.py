@@ -51,3 +51,18 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory) -> Path:
+    """A random-init tiny pipeline folder (tests/tiny_models.py), shared by the tests of one session."""
+    from tests.tiny_models import build_tiny_pipeline
+
+    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny_pipeline"))
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe(tiny_pipeline_dir):
+    from pipeline import MiniDallePipeline
+
+    return MiniDallePipeline.from_pretrained(tiny_pipeline_dir, device="cpu")

@@ -23,8 +23,8 @@ from tests.tiny_models import build_tiny_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "a red circle on white"
-# prompt, number of images, temperature, top-k, top-p, guidance scale, seed, randomise seed
-SETTINGS = (PROMPT, 3, 1.0, 32, 1.0, 3.0, 5, False)
+# prompt, number of images, temperature, top-k, top-p, guidance scale, seed, randomise seed, negative prompt
+SETTINGS = (PROMPT, 3, 1.0, 32, 1.0, 3.0, 5, False, "")
 
 
 def free_port() -> int:
@@ -124,15 +124,18 @@ def test_generate_returns_the_requested_lossless_images(client, model_dir):
     expected = MiniDallePipeline.from_pretrained(model_dir, device="cpu")(
         PROMPT, num_images_per_prompt=3, seed=5
     )
-    for item, image in zip(gallery, expected.images):
+    for item, image, bits, bits_empty in zip(
+        gallery, expected.images, expected.bits_with_caption, expected.bits_without_caption
+    ):
         assert np.array_equal(_downsample(item["image"]), np.asarray(image))
+        assert item["caption"] == f"bits {bits:.0f} / {bits_empty:.0f}"
     # with "randomise", the app picks a seed and shows it back
-    _, drawn, _ = client.predict(PROMPT, 1, 1.0, 32, 1.0, 3.0, 5, True, api_name="/generate")
+    _, drawn, _ = client.predict(PROMPT, 1, 1.0, 32, 1.0, 3.0, 5, True, "", api_name="/generate")
     assert isinstance(drawn, (int, float)) and drawn == int(drawn) and 0 <= drawn < 2**31
 
 
 def test_images_arrive_row_by_row(client):
-    job = client.submit(PROMPT, 2, 1.0, 32, 1.0, 3.0, 1, False, api_name="/generate")
+    job = client.submit(PROMPT, 2, 1.0, 32, 1.0, 3.0, 1, False, "", api_name="/generate")
     updates = list(job)  # every yielded gallery, in order
     assert len(updates) >= 8 + 1  # one per sampled row, then the final images
     assert updates[0][2].startswith("Sampling: row 1 of 8") and updates[-1][2].startswith("Done: 2 images")
@@ -149,7 +152,8 @@ def test_invalid_requests_show_an_error_and_the_app_keeps_serving(client):
         (("x" * 301,) + SETTINGS[1:], "limit is 300"),
         ((PROMPT, 9) + SETTINGS[2:], "9"),  # more images than --max-images 8
         ((PROMPT, 2, -1.0) + SETTINGS[3:], "-1"),  # temperature < 0 (0 is greedy)
-        (SETTINGS[:6] + (-3, False), "-3"),  # negative seed
+        (SETTINGS[:6] + (-3, False, ""), "-3"),  # negative seed
+        (SETTINGS[:5] + (1.0, 5, False, "a green heart"), "guidance_scale != 1"),  # negative needs guidance
     ]
     for args, match in bad:
         with pytest.raises(AppError, match=match):
@@ -158,9 +162,38 @@ def test_invalid_requests_show_an_error_and_the_app_keeps_serving(client):
     assert len(gallery) == 3
 
 
+def test_edit_and_variations_tabs(client, model_dir, tmp_path):
+    from gradio_client import handle_file
+
+    pipe = MiniDallePipeline.from_pretrained(model_dir, device="cpu")
+    picture = pipe("a blue star on black", seed=2).images[0]
+    path = tmp_path / "in.png"
+    picture.convert("L").resize((64, 64)).save(path)  # another mode and size: converted, not refused
+    job = client.submit(handle_file(str(path)), PROMPT, 0, 32, 64, 64, "", 4, False, api_name="/edit")
+    updates = list(job)
+    assert [u[2].split(",")[0] for u in updates[:-1]] == [f"Sampling: row {r} of 8" for r in range(5, 9)]
+    gallery, seed_used, status = updates[-1]
+    assert (
+        status.startswith("Done: 1 images") and seed_used == 4 and gallery[0]["caption"].startswith("bits ")
+    )
+    expected = pipe.edit(Image.open(path), PROMPT, box=(0, 32, 64, 64), seed=4).images[0]
+    assert np.array_equal(_downsample(gallery[0]["image"]), np.asarray(expected))
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="outside the 64x64 image"):
+        client.predict(handle_file(str(path)), PROMPT, 0, 0, 99, 8, "", 4, False, api_name="/edit")
+    gallery, _, status = client.predict(handle_file(str(path)), 3, 0.25, "", 7, False, api_name="/variations")
+    expected = pipe.variations(Image.open(path), 3, strength=0.25, seed=7).images
+    assert status.startswith("Done: 3 images")
+    assert [_downsample(item["image"]).tobytes() for item in gallery] == [
+        np.asarray(im).tobytes() for im in expected
+    ]
+
+
 def test_eight_concurrent_requests_all_complete(client):
     jobs = [
-        client.submit(PROMPT, 2, 1.0, 32, 1.0, 3.0, seed, False, api_name="/generate") for seed in range(8)
+        client.submit(PROMPT, 2, 1.0, 32, 1.0, 3.0, seed, False, "", api_name="/generate")
+        for seed in range(8)
     ]
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda job: job.result(timeout=120), jobs))

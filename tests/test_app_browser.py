@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,15 @@ pytestmark = [
 ]
 
 
+def _wait_for_pictures(page, gallery: str, count: int) -> None:
+    """Until ``gallery`` shows ``count`` decoded pictures (not broken links)."""
+    page.wait_for_function(
+        f"() => [...document.querySelectorAll('{gallery} img')]"
+        f".filter(img => img.complete && img.naturalWidth > 0).length === {count}",
+        timeout=60_000,
+    )
+
+
 def test_type_a_prompt_click_generate_and_see_the_images(tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
@@ -40,11 +50,7 @@ def test_type_a_prompt_click_generate_and_see_the_images(tmp_path):
             page.locator("#generate").click()
             # the default is 4 images; each must be a decoded picture, not a broken link
             expect(page.locator("#status")).to_contain_text("Done: 4 images", timeout=60_000)
-            page.wait_for_function(
-                "() => [...document.querySelectorAll('#gallery img')]"
-                ".filter(img => img.complete && img.naturalWidth > 0).length === 4",
-                timeout=60_000,
-            )
+            _wait_for_pictures(page, "#gallery", 4)
             expect(page.locator("#seed-used input")).to_have_value("0")
             shot = tmp_path / "app.png"
             page.screenshot(path=str(shot), full_page=True)
@@ -57,5 +63,31 @@ def test_type_a_prompt_click_generate_and_see_the_images(tmp_path):
             page.get_by_label("Seed", exact=True).fill("7")
             page.locator("#generate").click()
             expect(page.locator("#seed-used input")).to_have_value("7", timeout=60_000)
+            expect(page.locator("#gallery")).to_contain_text(re.compile(r"bits \d+ / \d+"), timeout=30_000)
+            # Edit tab: take generated image 2, repaint its lower half (rows arriving: tests/test_app.py)
+            page.get_by_role("tab", name="Edit").click()
+            page.locator("#edit-pick-n input").fill("2")
+            page.locator("#edit-pick").click()
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('#edit-image img')].some(img => img.naturalWidth > 0)",
+                timeout=30_000,
+            )
+            page.locator("#edit-prompt textarea").fill("a small red circle at the bottom")
+            for name, value in (("x0", "0"), ("y0", "16"), ("x1", "32"), ("y1", "32")):
+                page.locator(f"#edit-{name} input").fill(value)
+            page.locator("#edit-run").click()
+            expect(page.locator("#edit-status")).to_contain_text("Done: 1 images", timeout=60_000)
+            expect(page.locator("#edit-gallery")).to_contain_text(re.compile(r"bits \d+ / \d+"))
+            # Variations tab: four of generated image 1
+            page.get_by_role("tab", name="Variations").click()
+            page.locator("#vary-pick").click()
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('#vary-image img')].some(img => img.naturalWidth > 0)",
+                timeout=30_000,
+            )
+            page.locator("#vary-run").click()
+            expect(page.locator("#vary-status")).to_contain_text("Done: 4 images", timeout=60_000)
+            _wait_for_pictures(page, "#vary-gallery", 4)
+            page.screenshot(path=str(tmp_path / "app_variations.png"), full_page=True)
         finally:
             browser.close()

@@ -67,6 +67,7 @@ def test_load_defaults_and_save_round_trip(pipe, model_dir, tmp_path):
     assert out.codes.shape == (2, 8, 8) and out.prompts == [PROMPTS[0]] * 2 and out.seed == 3
     copy = pipe.save_pretrained(tmp_path / "copy")
     assert sorted(p.name for p in copy.iterdir()) == [
+        "README.md",
         "pipeline_config.json",
         "tokenizer",
         "transformer",
@@ -80,8 +81,8 @@ def test_assembled_folder_holds_only_json_and_safetensors(tmp_path):
     stage1, stage2 = build_tiny_runs(tmp_path)
     (stage2 / "transformer" / "modeling_evil.py").write_text("raise SystemExit('ran code from the folder')\n")
     out = assemble_pipeline(stage1 / "vqvae", stage2, tmp_path / "p", guidance_scale=2.0, top_k=8)
-    suffixes = {p.suffix for p in out.rglob("*") if p.is_file()}
-    assert suffixes <= {".json", ".safetensors"}
+    suffixes = {p.suffix for p in out.rglob("*") if p.is_file() and p.name != "README.md"}
+    assert suffixes <= {".json", ".safetensors"} and (out / "README.md").is_file()  # + the model card
     config = json.loads((out / "pipeline_config.json").read_text())
     assert config["guidance_scale"] == 2.0 and config["top_k"] == 8 and config["format_version"] == 1
     assert MiniDallePipeline.from_pretrained(out, device="cpu").config.top_k == 8
@@ -295,6 +296,7 @@ def test_only_image_codes_are_sampled_and_fed_back(pipe):
         for hook in hooks:
             hook.remove()
     assert out.codes.min() >= 0 and out.codes.max() < layout.codebook_size
+    fed = [ids for ids in fed if ids.shape[1] <= layout.text_len + 1]  # sampling's passes, not scoring's
     prompt_len = layout.text_len + 1
     assert fed[0].shape[1] == prompt_len  # caption + BOI once, then one code per step
     steps = torch.cat([ids for ids in fed[1:]], dim=1)  # (2B, N - 1)
@@ -303,9 +305,10 @@ def test_only_image_codes_are_sampled_and_fed_back(pipe):
 
 
 def test_guidance_at_scale_one_equals_plain_sampling(pipe):
-    rows = []  # the batch of each forward pass
+    rows = []  # the batch of each sampling pass (the bits of the images are scored in longer passes)
+    sampling_pass = pipe.layout.text_len + 1  # the prompt, then one code at a time
     hook = pipe.transformer.model.embed_tokens.register_forward_pre_hook(
-        lambda module, args: rows.append(args[0].shape[0])
+        lambda module, args: rows.append(args[0].shape[0]) if args[0].shape[1] <= sampling_pass else None
     )
     try:
         plain = pipe(PROMPTS, num_images_per_prompt=2, seed=11, guidance_scale=1.0, return_codes=True)
