@@ -25,10 +25,17 @@ from stage2_transformer.stage1_record import STAGE1_RECORD, describe, read_stage
 
 from .folder import PIPELINE_CONFIG_FILE, TOKENIZER_DIR, TRANSFORMER_DIR, VQVAE_DIR, PipelineConfig
 from .pipeline import MiniDallePipeline
-from .sharing import push_folder, write_model_card
+from .sharing import CARD_FILE, SAMPLE_GRID_FILE, push_folder, write_model_card
 
 _VQVAE_FILES = ("config.json", "model.safetensors")
-_PIPELINE_ENTRIES = {PIPELINE_CONFIG_FILE, VQVAE_DIR, TRANSFORMER_DIR, TOKENIZER_DIR}
+_PIPELINE_ENTRIES = {
+    PIPELINE_CONFIG_FILE,
+    VQVAE_DIR,
+    TRANSFORMER_DIR,
+    TOKENIZER_DIR,
+    CARD_FILE,
+    SAMPLE_GRID_FILE,
+}
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 

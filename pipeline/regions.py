@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from minidalle.arguments import is_number
+from minidalle.errors import ArgumentError
 
 from .seeds import image_seed, mix
 
@@ -44,12 +45,12 @@ def check_box(box, size: tuple[int, int]) -> tuple[float, float, float, float]:
     """``box`` = (x0, y0, x1, y1) in pixels of an image of ``size`` (width, height), x0 < x1, y0 < y1."""
     width, height = size
     if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(is_number(v) for v in box):
-        raise ValueError(f"box must be four numbers (x0, y0, x1, y1) in pixels of the image, got {box!r}.")
+        raise ArgumentError(f"box must be four numbers (x0, y0, x1, y1) in pixels of the image, got {box!r}.")
     x0, y0, x1, y1 = (float(v) for v in box)
     if not (x0 < x1 and y0 < y1):
-        raise ValueError(f"box {box!r} is empty: it needs x0 < x1 and y0 < y1.")
+        raise ArgumentError(f"box {box!r} is empty: it needs x0 < x1 and y0 < y1.")
     if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
-        raise ValueError(
+        raise ArgumentError(
             f"box {box!r} lies outside the {width}x{height} image: keep 0 <= x0 < x1 <= {width} and "
             f"0 <= y0 < y1 <= {height}."
         )
@@ -72,7 +73,7 @@ def box_mask(box, size: tuple[int, int], grid_h: int, grid_w: int) -> torch.Tens
 
     rows, cols = cells(y0, y1, top, grid_h), cells(x0, x1, left, grid_w)
     if not rows or not cols:
-        raise ValueError(f"box {box!r} lies in the part of the image cropped away to make it square.")
+        raise ArgumentError(f"box {box!r} lies in the part of the image cropped away to make it square.")
     mask = torch.zeros(grid_h, grid_w, dtype=torch.bool)
     mask[rows.start : rows.stop, cols.start : cols.stop] = True
     return mask.reshape(-1)  # (N,)
@@ -80,7 +81,7 @@ def box_mask(box, size: tuple[int, int], grid_h: int, grid_w: int) -> torch.Tens
 
 def check_strength(strength) -> float:
     if not is_number(strength) or not 0.0 < strength <= 1.0:
-        raise ValueError(
+        raise ArgumentError(
             f"strength must lie in (0, 1]: the share of the image's codes to resample (1 = a new image), "
             f"got {strength!r}."
         )

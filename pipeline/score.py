@@ -13,11 +13,20 @@ import json
 import sys
 from pathlib import Path
 
+from PIL import Image
+
+from minidalle.arguments import check_writable_file
+from minidalle.errors import ArgumentError, OneLineParser, run_main
+
 from .pipeline import MiniDallePipeline
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return run_main(_score, argv)
+
+
+def _score(argv: list[str] | None) -> int:
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="pipeline folder or Hub repo id")
     p.add_argument(
         "--caption", action="append", required=True, help="one caption for all images, or one per image"
@@ -26,16 +35,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="also write the scores to this JSON file")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
     args = p.parse_args(argv)
-    try:
-        from PIL import Image
-
-        pipe = MiniDallePipeline.from_pretrained(args.model, device=args.device)
-        images = [Image.open(path) for path in args.images]
-        captions = args.caption[0] if len(args.caption) == 1 else args.caption
-        bits = pipe.score(images, captions)
-    except (OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if args.json:
+        check_writable_file("--json", args.json)
+    pipe = MiniDallePipeline.from_pretrained(args.model, device=args.device)
+    images = []
+    for path in args.images:
+        try:
+            images.append(Image.open(path))
+        except OSError as err:
+            raise ArgumentError(f"{path!r} cannot be read as an image ({err}).") from None
+    captions = args.caption[0] if len(args.caption) == 1 else args.caption
+    bits = pipe.score(images, captions)
     captions = [captions] * len(images) if isinstance(captions, str) else captions
     rows = [
         {

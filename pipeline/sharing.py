@@ -13,6 +13,8 @@ import json
 import shutil
 from pathlib import Path
 
+from minidalle.errors import ArgumentError
+
 from .folder import PipelineConfig
 
 CARD_FILE = "README.md"
@@ -65,7 +67,7 @@ def push_folder(
     from huggingface_hub import HfApi
 
     if not isinstance(repo_id, str) or repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise ValueError(f"push to the Hub needs repo_id='user/name', got {repo_id!r}.")
+        raise ArgumentError(f"push to the Hub needs repo_id='user/name', got {repo_id!r}.")
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
     info = api.upload_folder(
