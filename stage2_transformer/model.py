@@ -7,6 +7,7 @@ model folder holds ``config.json`` + ``model.safetensors`` (``save_pretrained``)
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,3 +174,20 @@ def load_transformer(
 def count_parameters(model: torch.nn.Module) -> int:
     """Number of distinct parameters (tied weights counted once)."""
     return sum(p.numel() for p in model.parameters())  # parameters() already yields a tied weight once
+
+
+_FORWARD_PARAMETERS: dict[type, set[str]] = {}
+
+
+def forward_accepts(model: torch.nn.Module, name: str) -> bool:
+    """Whether ``model.forward`` takes an argument ``name`` (looked up once per model class)."""
+    params = _FORWARD_PARAMETERS.get(type(model))
+    if params is None:
+        params = _FORWARD_PARAMETERS[type(model)] = set(inspect.signature(model.forward).parameters)
+    return name in params
+
+
+def cache_keyword(model: torch.nn.Module) -> str:
+    """The forward argument that takes a KV cache: transformers >= 5.24 names it ``cache``, earlier 5.x
+    releases ``past_key_values``."""
+    return "cache" if forward_accepts(model, "cache") else "past_key_values"

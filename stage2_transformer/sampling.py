@@ -17,7 +17,6 @@ sampled tokens).
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Sequence
 
@@ -29,6 +28,7 @@ from minidalle.errors import ArgumentError
 
 from .decoding import KVDecoder
 from .layout import SequenceLayout
+from .model import cache_keyword, forward_accepts
 from .static_cache_decoding import StaticCacheDecoder
 
 # With guidance, codes whose conditional probability is below this fraction of the most likely
@@ -184,7 +184,7 @@ def image_token_log_likelihood(
     seq = layout.build(_check_text_ids(text_ids, layout), codes.to(text_ids.device)).to(device)  # (B, L)
     T, N = layout.text_len, layout.num_image_tokens
     kwargs = {"use_cache": False}
-    if _accepts(model, "logits_to_keep"):
+    if forward_accepts(model, "logits_to_keep"):
         kwargs["logits_to_keep"] = N
     totals = []
     was_training = model.training
@@ -240,21 +240,10 @@ def _last_logits(model: torch.nn.Module, input_ids: torch.Tensor, cache: Dynamic
     """Next-token logits (B, V) after ``input_ids`` (B, L); extends ``cache`` in place when given."""
     kwargs = {"use_cache": cache is not None}
     if cache is not None:
-        # transformers >= 5.24 names the argument `cache`; earlier 5.x releases `past_key_values`.
-        kwargs["cache" if _accepts(model, "cache") else "past_key_values"] = cache
-    if _accepts(model, "logits_to_keep"):
+        kwargs[cache_keyword(model)] = cache
+    if forward_accepts(model, "logits_to_keep"):
         kwargs["logits_to_keep"] = 1  # the lm_head runs on the last position only
     return model(input_ids=input_ids, **kwargs).logits[:, -1]  # (B, V)
-
-
-_SIGNATURES: dict[type, set[str]] = {}
-
-
-def _accepts(model: torch.nn.Module, name: str) -> bool:
-    params = _SIGNATURES.get(type(model))
-    if params is None:
-        params = _SIGNATURES[type(model)] = set(inspect.signature(model.forward).parameters)
-    return name in params
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:

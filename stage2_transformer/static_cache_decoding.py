@@ -8,11 +8,12 @@ that dominates a small model's step. The prompt (its length varies) always runs 
 
 from __future__ import annotations
 
-import inspect
 import weakref
 
 import torch
 from transformers import StaticCache
+
+from .model import cache_keyword
 
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its compiled forward
 
@@ -38,9 +39,7 @@ class StaticCacheDecoder:
         self.max_len = max_len
         self.rows = logit_rows if logit_rows is not None else slice(None)
         self.step_forward = compiled_forward(model) if compile else model.forward
-        # transformers >= 5.24 names the argument `cache`; earlier 5.x releases `past_key_values`.
-        accepted = inspect.signature(model.forward).parameters
-        self.cache_keyword = "cache" if "cache" in accepted else "past_key_values"
+        self.cache_keyword = cache_keyword(model)
         self.pos = 0
 
     @torch.no_grad()
