@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile
 
+from minidalle.errors import ArgumentError
+
 # A truncated file should be reported as unreadable, not half-decoded into a grey image.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -82,6 +84,14 @@ def decode_image(value: Any) -> Image.Image:
         raise ValueError(f"unsupported image value of type {type(value).__name__}")
     image.load()
     return image
+
+
+def read_image_file(path: str | os.PathLike, flag: str) -> Image.Image:
+    """A user's image file, decoded now; one that cannot be read is an ``ArgumentError`` naming ``flag``."""
+    try:
+        return decode_image(path)
+    except OSError as err:
+        raise ArgumentError(f"{flag} {str(path)!r} cannot be read as an image ({err}).") from None
 
 
 def preprocess(value: Any, resolution: int) -> torch.Tensor:

@@ -27,6 +27,7 @@ from transformers.utils import logging as hf_logging
 from minidalle.arguments import check_writable_file
 from minidalle.errors import ArgumentError, OneLineParser, run_main
 from minidalle.images import captioned_grid
+from minidalle.pixels import read_image_file
 
 from .pipeline import MiniDallePipeline
 
@@ -89,7 +90,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from PIL import Image
     from tqdm import tqdm
 
     prompts = read_prompts(args)
@@ -100,10 +100,7 @@ def _generate(args: argparse.Namespace) -> int:
     )
     extra = {}
     if args.image is not None:
-        try:
-            extra["image"] = Image.open(args.image)
-        except OSError as err:
-            raise ArgumentError(f"--image {args.image!r} cannot be read as an image ({err}).") from None
+        extra["image"] = read_image_file(args.image, "--image")
         extra.update(keep_rows=args.keep_rows, box=args.box, strength=args.strength)
     elif args.keep_rows is not None or args.box is not None or args.strength is not None:
         raise ArgumentError(

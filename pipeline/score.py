@@ -13,10 +13,9 @@ import json
 import sys
 from pathlib import Path
 
-from PIL import Image
-
 from minidalle.arguments import check_writable_file
-from minidalle.errors import ArgumentError, OneLineParser, run_main
+from minidalle.errors import OneLineParser, run_main
+from minidalle.pixels import read_image_file
 
 from .pipeline import MiniDallePipeline
 
@@ -38,12 +37,7 @@ def _score(argv: list[str] | None) -> int:
     if args.json:
         check_writable_file("--json", args.json)
     pipe = MiniDallePipeline.from_pretrained(args.model, device=args.device)
-    images = []
-    for path in args.images:
-        try:
-            images.append(Image.open(path))
-        except OSError as err:
-            raise ArgumentError(f"{path!r} cannot be read as an image ({err}).") from None
+    images = [read_image_file(path, "image") for path in args.images]
     captions = args.caption[0] if len(args.caption) == 1 else args.caption
     bits = pipe.score(images, captions)
     captions = [captions] * len(images) if isinstance(captions, str) else captions
