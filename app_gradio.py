@@ -25,7 +25,7 @@ from pathlib import Path  # noqa: E402
 import gradio as gr  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from app_tabs import GALLERY_LABEL, edit_tab, stream_to_gallery, variations_tab  # noqa: E402
+from app_tabs import GALLERY_LABEL, edit_tab, image_gallery, stream_to_gallery, variations_tab  # noqa: E402
 from minidalle.arguments import check_int  # noqa: E402
 from minidalle.errors import ArgumentError, OneLineParser, run_main  # noqa: E402
 from minidalle.images import upscale  # noqa: E402
@@ -174,15 +174,7 @@ def build_app(
                             padding=True,
                         )
                     with gr.Column(scale=2):
-                        gallery = gr.Gallery(
-                            label=GALLERY_LABEL,
-                            format="png",
-                            columns=4,
-                            object_fit="contain",
-                            height="auto",
-                            interactive=False,
-                            elem_id="gallery",
-                        )
+                        gallery = image_gallery(GALLERY_LABEL, "gallery")
                         seed_used = gr.Number(
                             label="Seed used", precision=0, interactive=False, elem_id="seed-used"
                         )

@@ -25,6 +25,19 @@ def bit_captions(output) -> list[str]:
     return [f"bits {c:.0f} / {u:.0f}" for c, u in zip(output.bits_with_caption, output.bits_without_caption)]
 
 
+def image_gallery(label: str, elem_id: str) -> gr.Gallery:
+    """The read-only gallery every tab shows its pictures in."""
+    return gr.Gallery(
+        label=label,
+        format="png",
+        columns=4,
+        object_fit="contain",
+        height="auto",
+        interactive=False,
+        elem_id=elem_id,
+    )
+
+
 def stream_to_gallery(start: Callable, seed, show: Callable, progress):
     """Run ``start()`` (a ``pipe.stream(...)`` call) and yield (pictures, seed, status, images) per row
     and at the end; the pipeline's ValueErrors show in the page, anything else is logged."""
@@ -98,15 +111,7 @@ def _run_controls(label: str, prefix: str) -> tuple[gr.Number, gr.Checkbox, gr.B
 
 def _outputs(prefix: str) -> tuple[gr.Gallery, gr.Number, gr.Markdown]:
     status = gr.Markdown("", elem_id=f"{prefix}-status", min_height=48, container=True, padding=True)
-    gallery = gr.Gallery(
-        label="Images",
-        format="png",
-        columns=4,
-        object_fit="contain",
-        height="auto",
-        interactive=False,
-        elem_id=f"{prefix}-gallery",
-    )
+    gallery = image_gallery("Images", f"{prefix}-gallery")
     seed_used = gr.Number(label="Seed used", precision=0, interactive=False, elem_id=f"{prefix}-seed-used")
     return gallery, seed_used, status
 
