@@ -39,8 +39,29 @@ def model_fingerprint(model_dir: str | Path) -> str:
     return file_fingerprint(folder / CONFIG_NAME, folder / WEIGHTS_NAME)
 
 
+def is_hub_repo_id(name_or_path: str | Path) -> bool:
+    """``user/name`` that is no path here: what ``from_pretrained`` fetches from the Hugging Face Hub."""
+    name = str(name_or_path)
+    return not Path(name).exists() and not name.startswith((".", "/", "~")) and name.count("/") == 1
+
+
+def fetch_from_hub(repo_id: str, **download) -> Path:
+    """``snapshot_download(repo_id, **download)`` (revision, cache_dir, token, local_files_only,
+    allow_patterns); a repository that cannot be had is a FileNotFoundError that names it."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id=repo_id, **download))
+    except Exception as err:  # noqa: BLE001 - offline and not cached, no such repo, no access: all "not found"
+        raise FileNotFoundError(
+            f"No such folder here: {repo_id!r} is not a local folder, and the Hub repository could not be "
+            f"loaded ({type(err).__name__}; that needs the network and an existing repo, or offline one "
+            "already in the Hub cache). Give an existing folder or repo id."
+        ) from None
+
+
 def resolve_model_dir(name_or_path: str | Path, files: tuple[str, ...] = (CONFIG_NAME, WEIGHTS_NAME)) -> Path:
-    """A local folder as is; anything else is treated as a Hub repo id and downloaded (needs internet)."""
+    """A local folder as is; a Hub repo id ``user/name`` is downloaded (needs internet)."""
     path = Path(name_or_path)
     if path.is_dir():
         missing = [f for f in files if not (path / f).is_file()]
@@ -50,20 +71,12 @@ def resolve_model_dir(name_or_path: str | Path, files: tuple[str, ...] = (CONFIG
                 "Point at a folder written by save_pretrained (e.g. <output_dir>/vqvae)."
             )
         return path
-    if path.exists() or str(name_or_path).startswith((".", "/")) or str(name_or_path).count("/") != 1:
+    if not is_hub_repo_id(name_or_path):
         raise FileNotFoundError(
             f"Model folder {str(name_or_path)!r} does not exist. Give a folder written by save_pretrained "
             "or a Hugging Face Hub repo id such as 'user/model'."
         )
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(repo_id=str(name_or_path), allow_patterns=list(files)))
-    except Exception as err:  # noqa: BLE001 - offline, no such repo, no access: all mean "not found"
-        raise ModelFolderError(
-            f"No such folder {str(name_or_path)!r}, and it could not be fetched as a Hugging Face Hub repo id "
-            f"(that needs the network and an existing repo: {type(err).__name__}). Give an existing folder."
-        ) from None
+    return fetch_from_hub(str(name_or_path), allow_patterns=list(files))
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:

@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 from minidalle.errors import ArgumentError
+from minidalle.hub import fetch_from_hub, is_hub_repo_id
 
 from .folder import PipelineConfig
 
@@ -32,27 +33,15 @@ def resolve_pipeline_folder(
 ) -> Path:
     """A local folder as is; ``user/name`` (not a folder here) is downloaded from the Hub (or read from
     its cache offline)."""
-    path = Path(name_or_path)
-    name = str(name_or_path)
-    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
-        return path  # a folder: load_parts names what is missing
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    try:
-        folder = snapshot_download(
-            repo_id=name,
-            revision=revision,
-            cache_dir=cache_dir,
-            token=token,
-            local_files_only=local_files_only,
-        )
-    except (HfHubHTTPError, LocalEntryNotFoundError) as err:
-        raise FileNotFoundError(
-            f"{name!r} is not a local folder, and the Hub repository could not be loaded ({type(err).__name__}). "
-            "Give a pipeline folder, or a repo id that exists (offline: one already in the Hub cache)."
-        ) from err
-    return Path(folder)
+    if not is_hub_repo_id(name_or_path):
+        return Path(name_or_path)  # a folder: load_parts names what is missing
+    return fetch_from_hub(
+        str(name_or_path),
+        revision=revision,
+        cache_dir=cache_dir,
+        token=token,
+        local_files_only=local_files_only,
+    )
 
 
 def push_folder(
