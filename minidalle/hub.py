@@ -34,9 +34,35 @@ def file_fingerprint(*paths: Path) -> str:
 
 
 def model_fingerprint(model_dir: str | Path) -> str:
-    """The fingerprint of a folder written by ``save_pretrained``: its config and its weights."""
+    """The fingerprint of a folder written by ``save_pretrained``: its config and its tensors.
+
+    The tensors are digested by name, dtype, shape and bytes, not as the file's bytes: safetensors writes
+    its metadata keys in an order that changes from one process to the next, so two saves of one model
+    (a finished run re-exported on rerunning it) differ byte for byte while holding the same weights.
+    """
     folder = Path(model_dir)
-    return file_fingerprint(folder / CONFIG_NAME, folder / WEIGHTS_NAME)
+    digest = hashlib.sha256((folder / CONFIG_NAME).read_bytes())
+    with open(folder / WEIGHTS_NAME, "rb") as f:
+        header_size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(header_size))
+        data_start = 8 + header_size
+        for name in sorted(k for k in header if k != "__metadata__"):
+            entry = header[name]
+            begin, end = entry["data_offsets"]
+            f.seek(data_start + begin)
+            digest.update(json.dumps([name, entry["dtype"], entry["shape"]]).encode())
+            digest.update(f.read(end - begin))
+    return digest.hexdigest()[:16]
+
+
+def fingerprint_matches(model_dir: str | Path, recorded: str | None) -> bool:
+    """True when ``recorded`` is the model's fingerprint, or the digest of its files' bytes that records
+    written before content fingerprints hold (so runs and pipelines made then still verify)."""
+    folder = Path(model_dir)
+    return recorded is not None and recorded in (
+        model_fingerprint(folder),
+        file_fingerprint(folder / CONFIG_NAME, folder / WEIGHTS_NAME),
+    )
 
 
 def is_hub_repo_id(name_or_path: str | Path) -> bool:

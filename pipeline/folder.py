@@ -22,7 +22,7 @@ import torch
 from minidalle.arguments import check_int
 from minidalle.config import ConfigError, build_dataclass, load_json_object
 from minidalle.errors import ModelFolderError
-from minidalle.hub import model_fingerprint
+from minidalle.hub import fingerprint_matches, model_fingerprint
 from stage1_vqvae.model import VQVAE
 from stage2_transformer.layout import LAYOUT_FILE, SequenceLayout
 from stage2_transformer.model import load_transformer, save_transformer
@@ -99,14 +99,16 @@ def load_parts(folder: Path, device: torch.device, dtype: torch.dtype, allow_unv
     tokenizer = load_caption_tokenizer(folder / TOKENIZER_DIR)
     vqvae = VQVAE.from_pretrained(folder / VQVAE_DIR, device=device)
     problems = part_mismatches(vqvae, layout, tokenizer)
-    if config.stage1_fingerprint is not None:
-        found = model_fingerprint(folder / VQVAE_DIR)
-        if found != config.stage1_fingerprint:
-            problems.append(
-                f"stage-1 model: {VQVAE_DIR}/ has fingerprint {found} but the transformer was trained on "
-                f"codes of the model with fingerprint {config.stage1_fingerprint} ({PIPELINE_CONFIG_FILE}); "
-                "the folder's vqvae/ was replaced."
-            )
+    stage1_dir = folder / VQVAE_DIR
+    if config.stage1_fingerprint is not None and not fingerprint_matches(
+        stage1_dir, config.stage1_fingerprint
+    ):
+        found = model_fingerprint(stage1_dir)
+        problems.append(
+            f"stage-1 model: {VQVAE_DIR}/ has fingerprint {found} but the transformer was trained on "
+            f"codes of the model with fingerprint {config.stage1_fingerprint} ({PIPELINE_CONFIG_FILE}); "
+            "the folder's vqvae/ was replaced."
+        )
     raise_if_incompatible(problems, f"The parts of {folder}")
     transformer, _ = load_transformer(folder / TRANSFORMER_DIR, torch_dtype=dtype)
     return vqvae, transformer.to(device), layout, tokenizer, config

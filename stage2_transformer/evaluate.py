@@ -26,7 +26,7 @@ from minidalle.checker import score_images
 from minidalle.config import parse_config
 from minidalle.devices import allow_tf32_on_cuda
 from minidalle.errors import run_main
-from minidalle.hub import model_fingerprint
+from minidalle.hub import fingerprint_matches
 from minidalle.report import report_metrics
 from stage1_vqvae.model import VQVAE
 from stage2_transformer.evaluation import evaluate_prior, sample_images
@@ -84,7 +84,7 @@ def stage1_model_of_run(run: Path, vqvae: str | None) -> str:
     recorded = recorded_stage1_path(record)
     if recorded is not None:
         return recorded
-    if vqvae is not None and Path(vqvae).is_dir() and model_fingerprint(vqvae) == record["fingerprint"]:
+    if vqvae is not None and Path(vqvae).is_dir() and fingerprint_matches(vqvae, record["fingerprint"]):
         return vqvae  # the recorded model, moved
     raise FileNotFoundError(
         f"{run / STAGE1_RECORD} names the stage-1 model {describe(record)}, which is not a folder from here, "

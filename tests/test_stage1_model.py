@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from minidalle.config import ConfigError
+from minidalle.hub import CONFIG_NAME, WEIGHTS_NAME, file_fingerprint, fingerprint_matches, model_fingerprint
 from stage1_vqvae.config import VQVAEConfig
 from stage1_vqvae.model import VQVAE, psnr
 from stage1_vqvae.quantizer import VectorQuantizer
@@ -126,6 +127,45 @@ def test_save_load_round_trip(tmp_path):
         assert torch.equal(a, b), name
     pixels = torch.rand(2, 3, 32, 32) * 2 - 1
     assert torch.equal(model.encode(pixels), loaded.encode(pixels))
+
+
+def _rewrite_metadata_reversed(weights) -> None:
+    """The file as another process may write it: the same tensors, safetensors' metadata keys reversed."""
+    raw = weights.read_bytes()
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + size])
+    header["__metadata__"] = dict(reversed(list(header["__metadata__"].items())))
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the data stays 8-byte aligned
+    weights.write_bytes(len(encoded).to_bytes(8, "little") + encoded + raw[8 + size :])
+
+
+def test_fingerprint_names_the_weights_not_the_file_bytes(tmp_path):
+    """Rerunning a finished stage 1 re-exports its model; safetensors may write the metadata in another
+    order, and that must not make the stage-2 run or the pipeline refuse the same model."""
+    torch.manual_seed(0)
+    model = VQVAE(VQVAEConfig(resolution=16, base_channels=8, codebook_size=16))
+    model.save_pretrained(tmp_path / "a")
+    before = model_fingerprint(tmp_path / "a")
+    recorded_as_bytes = file_fingerprint(tmp_path / "a" / CONFIG_NAME, tmp_path / "a" / WEIGHTS_NAME)
+    _rewrite_metadata_reversed(tmp_path / "a" / WEIGHTS_NAME)
+    assert file_fingerprint(tmp_path / "a" / CONFIG_NAME, tmp_path / "a" / WEIGHTS_NAME) != recorded_as_bytes
+    assert model_fingerprint(tmp_path / "a") == before
+    assert VQVAE.from_pretrained(tmp_path / "a").config == model.config
+    # another weight value, or another config, is another model
+    with torch.no_grad():
+        model.quantizer.codebook.weight[0, 0] += 1e-3
+    model.save_pretrained(tmp_path / "b")
+    assert model_fingerprint(tmp_path / "b") != before
+    VQVAE(VQVAEConfig(resolution=16, base_channels=8, codebook_size=16, beta=0.5)).save_pretrained(
+        tmp_path / "c"
+    )
+    assert model_fingerprint(tmp_path / "c") != model_fingerprint(tmp_path / "a")
+    # a digest of the file bytes, as records written before content fingerprints hold, still verifies
+    model.save_pretrained(tmp_path / "d")
+    old_record = file_fingerprint(tmp_path / "d" / CONFIG_NAME, tmp_path / "d" / WEIGHTS_NAME)
+    assert fingerprint_matches(tmp_path / "d", old_record)
+    assert not fingerprint_matches(tmp_path / "d", before) and not fingerprint_matches(tmp_path / "d", None)
 
 
 def test_from_pretrained_errors_are_clear(tmp_path):
