@@ -30,6 +30,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,10 +40,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 from benchmarks.model_sizes import SIZES, stage1_setting, stage2_setting  # noqa: E402
-from minidalle.devices import allow_tf32_on_cuda  # noqa: E402
+from minidalle.devices import allow_tf32_on_cuda, resolve_mixed_precision  # noqa: E402
 from stage1_vqvae.model import VQVAE  # noqa: E402
 from stage2_transformer.loss import weighted_lm_loss  # noqa: E402
-from stage2_transformer.model import build_transformer, count_parameters  # noqa: E402
+from stage2_transformer.model import build_transformer, count_parameters, prefer_fast_attention  # noqa: E402
 
 # Dense peak TFLOP/s by device name (substring, first match), bf16 and tf32/fp32 tensor cores.
 PEAK_TFLOPS = [
@@ -82,6 +83,7 @@ def make_step(stage: int, size: str, device: str, dtype: torch.dtype | None):
     else:
         cfg, layout, batch = stage2_setting(size, device)
         model = build_transformer(cfg, layout).to(device).train()
+        prefer_fast_attention(model, torch.device(device), "bf16" if dtype == torch.bfloat16 else "no")
         text = torch.randint(1, layout.text_vocab_size, (batch, layout.text_len), generator=generator)
         codes = torch.randint(0, layout.codebook_size, (batch, layout.num_image_tokens), generator=generator)
         seq = layout.build(text, codes).to(device)  # (B, L)
@@ -215,21 +217,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="gpu: configs/stage{1,2}_gpu.yaml, the real-scale models (needs a large GPU)",
     )
     p.add_argument("--device", help="default: cuda when present, else cpu")
-    p.add_argument("--precision", choices=["bf16", "fp16", "fp32"], help="default: bf16 on cuda, fp32 on cpu")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "bf16", "fp16", "fp32"],
+        default="auto",
+        help="auto (default, as the tiny configs' train.mixed_precision): bf16 where the device computes it "
+        "natively (CUDA with bf16, a CPU with AVX512-BF16 or AMX), else fp32",
+    )
     p.add_argument("--steps", type=int, help="timed steps (default: 20 on cuda, 3 on cpu)")
     p.add_argument("--warmup", type=int, help="untimed steps first (default: 3 on cuda, 1 on cpu)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--compile", action="store_true", help="torch.compile the stage-2 model")
     p.add_argument("--peak-tflops", type=float, help="the device's dense peak, for MFU (default: a table)")
+    p.add_argument(
+        "--baseline-ref",
+        help="also time this git commit's own benchmark (checked out in a temporary worktree), each setting "
+        "back to back with this tree's, and report the speedups",
+    )
+    p.add_argument(
+        "--baseline-precision",
+        choices=["bf16", "fp16", "fp32"],
+        help="the baseline's precision (default: what its configs used, bf16 on cuda, fp32 on cpu)",
+    )
+    p.add_argument("--rounds", type=int, default=1, help="with --baseline-ref: alternations; medians count")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_throughput.json"))
     p.add_argument("--one", nargs=2, metavar=("STAGE", "SIZE"), help=argparse.SUPPRESS)  # child process
     args = p.parse_args(argv)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    args.precision = args.precision or ("bf16" if args.device == "cuda" else "fp32")
+    if args.precision == "auto":
+        args.precision = (
+            "fp32" if resolve_mixed_precision("auto", torch.device(args.device)) == "no" else "bf16"
+        )
+    args.baseline_precision = args.baseline_precision or ("bf16" if args.device == "cuda" else "fp32")
     args.steps = args.steps or (20 if args.device == "cuda" else 3)
     args.warmup = args.warmup if args.warmup is not None else (3 if args.device == "cuda" else 1)
-    if args.steps < 1 or args.warmup < 0:
-        p.error("--steps must be >= 1 and --warmup >= 0")
+    if args.steps < 1 or args.warmup < 0 or args.rounds < 1:
+        p.error("--steps and --rounds must be >= 1 and --warmup >= 0")
     return args
 
 
@@ -242,6 +265,8 @@ def main(argv: list[str] | None = None) -> dict:
         result = measure_one(stage, size, args.device, args.precision, args.steps, args.warmup, args.compile)
         print(json.dumps(result))
         return result
+    if args.baseline_ref:
+        return compare_with_baseline(args)
     rows = []
     for size in args.sizes:
         for stage in args.stages:
@@ -257,23 +282,85 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
-def run_setting(args: argparse.Namespace, stage: int, size: str) -> dict:
-    """One (stage, size) in its own process: its row, or its error (the last lines of its stderr)."""
-    command = [sys.executable, __file__, "--one", str(stage), size, "--device", args.device]
-    command += ["--precision", args.precision, "--steps", str(args.steps), "--warmup", str(args.warmup)]
+def run_setting(
+    args: argparse.Namespace, stage: int, size: str, root: Path = ROOT, baseline: bool = False
+) -> dict:
+    """One (stage, size) in its own process, with the benchmark of the tree at ``root``: its row, or its
+    error (the last lines of its stderr). A baseline tree runs at ``--baseline-precision``, uncompiled,
+    through the flags every version of this script takes."""
+    precision = args.baseline_precision if baseline else args.precision
+    command = [sys.executable, str(root / "benchmarks" / "train_throughput.py"), "--one", str(stage), size]
+    command += ["--device", args.device, "--precision", precision]
+    command += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
     command += ["--threads", str(args.threads)] if args.threads else []
-    command += ["--compile"] if args.compile else []
+    command += ["--compile"] if args.compile and not baseline else []
     done = subprocess.run(
-        command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}
+        command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(root)}
     )
     if done.returncode != 0:
         print(f"stage {stage} {size} failed:\n{done.stderr[-4000:]}", file=sys.stderr)
         return {"stage": stage, "size": size, "error": done.stderr[-2000:]}
     row = json.loads(done.stdout.strip().splitlines()[-1])
-    peak = peak_tflops(row.get("device_name", ""), args.precision, args.peak_tflops)
+    row["precision"] = precision
+    peak = peak_tflops(row.get("device_name", ""), precision, args.peak_tflops)
     row["mfu"] = row["achieved_tflops"] / peak if (args.device == "cuda" and peak) else None
     row["peak_tflops"] = peak if args.device == "cuda" else None
     return row
+
+
+def compare_with_baseline(args: argparse.Namespace) -> dict:
+    """Each setting timed with the baseline commit's benchmark, then this tree's, ``--rounds`` times over:
+    both sides see the same machine at nearly the same moment, so the ratio holds where absolute
+    figures from different runs (or machines of one kind, 2-3x apart) would not."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / "baseline"
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), args.baseline_ref],
+            check=True,
+            capture_output=True,
+        )
+        try:
+            pairs = []
+            for size in args.sizes:
+                for stage in args.stages:
+                    runs = [
+                        (run_setting(args, stage, size, tree, baseline=True), run_setting(args, stage, size))
+                        for _ in range(args.rounds)
+                    ]
+                    pairs.append(summarise_pair(stage, size, runs))
+                    report = write_report(args, pairs)
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
+    print(f"{'stage':>5} {'size':>5} {'baseline ' + args.baseline_ref:>22} {'this tree':>20} {'speedup':>8}")
+    for row in pairs:
+        if "error" in row:
+            print(f"{row['stage']:>5} {row['size']:>5}  failed: {row['error'][-200:]}")
+            continue
+        unit = row["unit"]
+        print(
+            f"{row['stage']:>5} {row['size']:>5} {row['baseline_throughput']:>16,.0f} {unit:<5} "
+            f"{row['throughput']:>14,.0f} {unit:<5} {row['speedup']:>7.2f}x"
+        )
+    print(f"wrote {args.out}")
+    return report
+
+
+def summarise_pair(stage: int, size: str, runs: list[tuple[dict, dict]]) -> dict:
+    """Median throughput of each side over the rounds, and their ratio."""
+    errors = [r["error"] for pair in runs for r in pair if "error" in r]
+    if errors:
+        return {"stage": stage, "size": size, "error": errors[0]}
+    baseline = statistics.median(b["throughput"] for b, _ in runs)
+    current = statistics.median(c["throughput"] for _, c in runs)
+    last = runs[-1][1]
+    return {
+        **last,
+        "throughput": current,
+        "baseline_throughput": baseline,
+        "baseline_precision": runs[-1][0]["precision"],
+        "speedup": current / baseline,
+        "rounds": [{"baseline": b["throughput"], "this_tree": c["throughput"]} for b, c in runs],
+    }
 
 
 def write_report(args: argparse.Namespace, rows: list[dict]) -> dict:
@@ -282,6 +369,7 @@ def write_report(args: argparse.Namespace, rows: list[dict]) -> dict:
         "device_name": next((r["device_name"] for r in rows if "device_name" in r), None),
         "precision": args.precision,
         "compile": args.compile,
+        "baseline_ref": args.baseline_ref,
         "torch": torch.__version__,
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),

@@ -24,7 +24,8 @@ class TrainConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.99
     max_grad_norm: float = 1.0
-    mixed_precision: str = "no"  # "no", "bf16" or "fp16"
+    # "no", "bf16", "fp16", or "auto": bf16 where the device computes it natively (minidalle.devices).
+    mixed_precision: str = "no"
     seed: int = 0
     log_every: int = 10
     eval_every: int = 250
@@ -54,8 +55,8 @@ class TrainConfig:
             (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, "train.adam_beta1/2 must lie in [0, 1)"),
             (self.max_grad_norm >= 0, "train.max_grad_norm must be >= 0 (0 disables clipping)"),
             (
-                self.mixed_precision in ("no", "bf16", "fp16"),
-                "train.mixed_precision must be no, bf16 or fp16",
+                self.mixed_precision in ("no", "bf16", "fp16", "auto"),
+                "train.mixed_precision must be no, bf16, fp16 or auto",
             ),
             (self.log_every >= 1, "train.log_every must be >= 1"),
             (self.eval_every >= 0, "train.eval_every must be >= 0 (0 disables)"),

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin, set_seed
 from tqdm.auto import tqdm
 
@@ -33,7 +33,7 @@ from minidalle.checkpoints import (
     save_checkpoint,
     write_run_config,
 )
-from minidalle.devices import allow_tf32_on_cuda
+from minidalle.devices import allow_tf32_on_cuda, resolve_mixed_precision
 from minidalle.distributed import drop_fp32_output_copy, export_state_dict, unwrap
 from minidalle.errors import ModelFolderError
 from minidalle.faults import GracefulStop, NonFiniteGuard, fault_active, weights_finite
@@ -63,7 +63,7 @@ class TrainingRun:
             num_steps=tcfg.gradient_accumulation_steps, sync_with_dataloader=False
         )
         self.accelerator = Accelerator(
-            mixed_precision=tcfg.mixed_precision,
+            mixed_precision=resolve_mixed_precision(tcfg.mixed_precision, PartialState().device),
             log_with=None if tcfg.report_to == "none" else tcfg.report_to,
             project_dir=str(self.output_dir),
             gradient_accumulation_plugin=accumulation,
@@ -75,6 +75,12 @@ class TrainingRun:
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
         if not self.accelerator.is_main_process:
             logging.getLogger().setLevel(logging.WARNING)
+        if tcfg.mixed_precision == "auto":
+            logger.info(
+                "train.mixed_precision auto: %s on %s",
+                self.accelerator.mixed_precision,
+                self.accelerator.device,
+            )
         self.resuming = tcfg.resume_from_checkpoint is not None
         self.resume_path = resolve_resume(self.output_dir, tcfg.resume_from_checkpoint)
         self.step = 0  # optimizer steps done
@@ -186,7 +192,7 @@ class TrainingRun:
         accelerator, tcfg = self.accelerator, self.tcfg
         max_norm = tcfg.max_grad_norm if tcfg.max_grad_norm > 0 else math.inf
         grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
-        if self.guard.check(accelerator, loss, None if tcfg.mixed_precision == "fp16" else grad_norm):
+        if self.guard.check(accelerator, loss, None if accelerator.mixed_precision == "fp16" else grad_norm):
             self.optimizer.step()
         else:
             if on_skip is not None:

@@ -26,7 +26,7 @@ from minidalle.checkpoints import holds_run
 from minidalle.config import parse_config
 from minidalle.distributed import main_process_model, unwrap
 from minidalle.errors import run_main
-from minidalle.hub import model_fingerprint
+from minidalle.hub import fingerprint_matches, model_fingerprint
 from minidalle.image_folder import require_captions
 from minidalle.images import captioned_grid
 from minidalle.metrics_log import device_memory_metrics, format_metrics
@@ -36,7 +36,12 @@ from stage1_vqvae.model import VQVAE
 from stage2_transformer.evaluation import evaluate_prior, sample_images
 from stage2_transformer.layout import SequenceLayout
 from stage2_transformer.loss import weighted_lm_loss
-from stage2_transformer.model import build_transformer, count_parameters, save_transformer
+from stage2_transformer.model import (
+    build_transformer,
+    count_parameters,
+    prefer_fast_attention,
+    save_transformer,
+)
 from stage2_transformer.precompute import CodesMismatchError, load_codes_dir, precompute_codes
 from stage2_transformer.run_config import Stage2RunConfig
 from stage2_transformer.stage1_record import describe, read_stage1_record, write_stage1_record
@@ -50,7 +55,7 @@ def check_stage1_matches_run(output_dir: Path, vqvae_dir: str, fingerprint: str,
     record = read_stage1_record(output_dir)
     if record is None:
         return
-    if record["fingerprint"] != fingerprint or record["codebook_size"] != codebook_size:
+    if not fingerprint_matches(vqvae_dir, record["fingerprint"]) or record["codebook_size"] != codebook_size:
         raise CodesMismatchError(
             f"This run was trained on codes from the stage-1 model {describe(record)} (fingerprint "
             f"{record['fingerprint']}, {record['codebook_size']} codes), but `vqvae` now points at {vqvae_dir!r} "
@@ -183,6 +188,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # ---------------------------------------------------------------- model and optimizer
     model = build_transformer(cfg.model, layout)
+    prefer_fast_attention(model, accelerator.device, accelerator.mixed_precision)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = run.adamw(

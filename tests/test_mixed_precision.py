@@ -11,6 +11,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
+from minidalle.devices import cpu_has_native_bf16
 from minidalle.distributed import drop_fp32_output_copy
 from minidalle.pixels import pil_to_tensor
 from minidalle.shapes import generate_examples
@@ -42,13 +43,21 @@ def assert_bf16_run_differs_slightly(fp32: list[float], bf16: list[float]) -> No
     assert bf16[0] == pytest.approx(fp32[0], rel=0.05)
 
 
-def test_stage1_trains_in_bf16(tmp_path, shapes_cache):
-    fp32, bf16 = tmp_path / "fp32", tmp_path / "bf16"
+def test_stage1_trains_in_bf16_and_auto_picks_what_this_cpu_computes_natively(tmp_path, shapes_cache):
+    fp32, bf16, auto = tmp_path / "fp32", tmp_path / "bf16", tmp_path / "auto"
     stage1.launch(stage1.TRAIN, *stage1.tiny_args(shapes_cache, fp32, SHORT))
     stage1.launch(
         stage1.TRAIN, *stage1.tiny_args(shapes_cache, bf16, f"{SHORT} --train.mixed_precision bf16")
     )
     assert_bf16_run_differs_slightly(logged(fp32, "train/mse"), logged(bf16, "train/mse"))
+    # auto (the tiny configs' setting) is bf16 on a CPU with AVX512-BF16 or AMX, else fp32: its run is
+    # exactly the run of the precision it names.
+    done = stage1.launch(
+        stage1.TRAIN, *stage1.tiny_args(shapes_cache, auto, f"{SHORT} --train.mixed_precision auto")
+    )
+    chosen = "bf16" if cpu_has_native_bf16() else "no"
+    assert f"train.mixed_precision auto: {chosen} on cpu" in done.stderr
+    assert logged(auto, "train/mse") == logged(bf16 if chosen == "bf16" else fp32, "train/mse")
     # The exported model (fp32 weights) picks the same codes under bf16 autocast as in fp32 for nearly
     # every position: the quantizer decides in fp32; only the encoder's bf16 rounding can move a code.
     model = VQVAE.from_pretrained(bf16 / "vqvae").eval()
