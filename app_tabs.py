@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Callable
 
 import gradio as gr
+from PIL import ImageDraw
 
 from pipeline import MiniDallePipeline, PromptTruncatedWarning
 
@@ -116,6 +117,24 @@ def _outputs(prefix: str) -> tuple[gr.Gallery, gr.Number, gr.Markdown]:
     return gallery, seed_used, status
 
 
+def _corner_click(first, evt: gr.SelectData):
+    """Two clicks on the image draw the box: the first fixes one corner (a one-pixel box until the next
+    click), the second the opposite one. Returns (the pending first corner or None, x0, y0, x1, y1)."""
+    x, y = evt.index  # pixels of the image
+    if first is None:
+        return (x, y), x, y, x + 1, y + 1
+    return None, min(first[0], x), min(first[1], y), max(first[0], x) + 1, max(first[1], y) + 1
+
+
+def _box_outline(image, x0, y0, x1, y1):
+    """The image with the box drawn on it (a copy: the edit reads the image as it is)."""
+    if image is None or None in (x0, y0, x1, y1):
+        return None
+    shown = image.convert("RGB")
+    ImageDraw.Draw(shown).rectangle((x0, y0, x1 - 1, y1 - 1), outline=(255, 0, 255))
+    return shown
+
+
 def edit_tab(pipe: MiniDallePipeline, generated: gr.State, seed_of: Callable, show: Callable, max_chars: int):
     """Repaint a box of an image under a prompt; the region fills row by row."""
     size = pipe.vqvae.config.resolution
@@ -129,7 +148,10 @@ def edit_tab(pipe: MiniDallePipeline, generated: gr.State, seed_of: Callable, sh
         for pictures, seed_shown, status, _ in stream_to_gallery(start, seed, show, progress):
             yield pictures, seed_shown, status
 
-    gr.Markdown(f"Box corners in pixels of the image (a {size}x{size} picture has x, y in [0, {size}]).")
+    gr.Markdown(
+        f"Click two opposite corners of the box on the image, or type them in pixels (a {size}x{size} "
+        f"picture has x, y in [0, {size}])."
+    )
     with gr.Row():
         with gr.Column(scale=1):
             image = _source_image(generated, "edit")
@@ -144,7 +166,12 @@ def edit_tab(pipe: MiniDallePipeline, generated: gr.State, seed_of: Callable, sh
             )
             seed, randomize, button = _run_controls("Edit", "edit")
         with gr.Column(scale=2):
+            outline = gr.Image(label="The box", interactive=False, height=256, elem_id="edit-box")
             gallery, seed_used, status = _outputs("edit")
+    first_corner = gr.State(None)
+    image.select(_corner_click, [first_corner], [first_corner, *corners], api_visibility="private")
+    redraw = [image.change, *(corner.change for corner in corners)]
+    gr.on(redraw, _box_outline, [image, *corners], [outline], api_visibility="private")
     inputs = [image, prompt, *corners, negative, seed, randomize]
     button.click(edit, inputs, [gallery, seed_used, status], api_name="edit", show_progress_on=[status])
 
