@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Callable
 
 import gradio as gr
+from PIL import Image, ImageDraw
 
 from pipeline import MiniDallePipeline, PromptTruncatedWarning
 
@@ -116,6 +117,40 @@ def _outputs(prefix: str) -> tuple[gr.Gallery, gr.Number, gr.Markdown]:
     return gallery, seed_used, status
 
 
+OUTLINE_SIDE = 256  # the box view shows small pictures enlarged by a whole factor to at least this side
+
+
+def _outline_scale(image) -> int:
+    """The whole factor the box view enlarges ``image`` by: browsers map clicks on an enlarged picture
+    wrongly (gradio's click position assumes pictures are never shown larger than they are)."""
+    return max(1, -(-OUTLINE_SIDE // min(image.size)))
+
+
+def _corner_click(first, image, evt: gr.SelectData):
+    """Two clicks on the box view draw the box: the first fixes one corner (a one-pixel box until the
+    next click), the second the opposite one. Returns (the pending first corner or None, x0, y0, x1, y1)
+    in pixels of the image."""
+    if image is None:
+        return None, gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    scale = _outline_scale(image)
+    x, y = (min(v // scale, side - 1) for v, side in zip(evt.index, image.size))
+    if first is None:
+        return (x, y), x, y, x + 1, y + 1
+    return None, min(first[0], x), min(first[1], y), max(first[0], x) + 1, max(first[1], y) + 1
+
+
+def _box_outline(image, x0, y0, x1, y1):
+    """The image, enlarged, with the box drawn on it (a copy: the edit reads the image as it is)."""
+    if image is None:
+        return None
+    scale = _outline_scale(image)
+    shown = image.convert("RGB").resize((image.width * scale, image.height * scale), Image.NEAREST)
+    if None not in (x0, y0, x1, y1):
+        corners = (x0 * scale, y0 * scale, x1 * scale - 1, y1 * scale - 1)
+        ImageDraw.Draw(shown).rectangle(corners, outline=(255, 0, 255), width=max(1, scale // 4))
+    return shown
+
+
 def edit_tab(pipe: MiniDallePipeline, generated: gr.State, seed_of: Callable, show: Callable, max_chars: int):
     """Repaint a box of an image under a prompt; the region fills row by row."""
     size = pipe.vqvae.config.resolution
@@ -129,7 +164,10 @@ def edit_tab(pipe: MiniDallePipeline, generated: gr.State, seed_of: Callable, sh
         for pictures, seed_shown, status, _ in stream_to_gallery(start, seed, show, progress):
             yield pictures, seed_shown, status
 
-    gr.Markdown(f"Box corners in pixels of the image (a {size}x{size} picture has x, y in [0, {size}]).")
+    gr.Markdown(
+        f"Click two opposite corners of the box on the box view, or type them in pixels (a {size}x{size} "
+        f"picture has x, y in [0, {size}])."
+    )
     with gr.Row():
         with gr.Column(scale=1):
             image = _source_image(generated, "edit")
@@ -144,7 +182,14 @@ def edit_tab(pipe: MiniDallePipeline, generated: gr.State, seed_of: Callable, sh
             )
             seed, randomize, button = _run_controls("Edit", "edit")
         with gr.Column(scale=2):
+            outline = gr.Image(
+                label="The box (click two corners)", interactive=False, height=256, elem_id="edit-box"
+            )
             gallery, seed_used, status = _outputs("edit")
+    first_corner = gr.State(None)
+    outline.select(_corner_click, [first_corner, image], [first_corner, *corners], api_visibility="private")
+    redraw = [image.change, *(corner.change for corner in corners)]
+    gr.on(redraw, _box_outline, [image, *corners], [outline], api_visibility="private")
     inputs = [image, prompt, *corners, negative, seed, randomize]
     button.click(edit, inputs, [gallery, seed_used, status], api_name="edit", show_progress_on=[status])
 

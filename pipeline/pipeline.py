@@ -295,7 +295,7 @@ class MiniDallePipeline:
                 generator=generators,
                 fixed_codes=fixed,
                 sample_mask=mask,
-                uncond_text_ids=None if negative_ids is None else negative_ids[index].to(device),  # (b, T)
+                negative_text_ids=None if negative_ids is None else negative_ids[index].to(device),  # (b, T)
                 on_row=self._row_reporter(on_row, start, batch, len(starts), first_row, fixed, mask),
                 guidance_plausibility=self.config.guidance_plausibility,
             )  # (b, h, w)

@@ -72,9 +72,20 @@ def test_type_a_prompt_click_generate_and_see_the_images(tmp_path):
                 "() => [...document.querySelectorAll('#edit-image img')].some(img => img.naturalWidth > 0)",
                 timeout=30_000,
             )
+            # two clicks on the box view (the 32x32 picture shown 8 times larger) draw the box, in either
+            # order of the corners; it is shown outlined
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('#edit-box img')].some(img => img.naturalWidth === 256)",
+                timeout=30_000,
+            )
+            view = page.locator("#edit-box img").first.bounding_box()
+            for fx, fy in ((0.77, 0.89), (0.27, 0.52)):
+                page.mouse.click(view["x"] + fx * view["width"], view["y"] + fy * view["height"])
+                page.wait_for_timeout(300)
+            expect(page.locator("#edit-y1 input")).to_have_value("29", timeout=30_000)
+            box = [page.locator(f"#edit-{n} input").input_value() for n in ("x0", "y0", "x1", "y1")]
+            assert box == ["8", "16", "25", "29"]
             page.locator("#edit-prompt textarea").fill("a small red circle at the bottom")
-            for name, value in (("x0", "0"), ("y0", "16"), ("x1", "32"), ("y1", "32")):
-                page.locator(f"#edit-{name} input").fill(value)
             page.locator("#edit-run").click()
             expect(page.locator("#edit-status")).to_contain_text("Done: 1 images", timeout=60_000)
             expect(page.locator("#edit-gallery")).to_contain_text(re.compile(r"bits \d+ / \d+"))

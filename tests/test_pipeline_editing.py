@@ -11,7 +11,12 @@ import torch
 from PIL import Image
 
 from pipeline.generate import main as generate_main
-from stage2_transformer.sampling import image_token_log_likelihood, sample_image_codes
+from stage2_transformer.sampling import (
+    NEGATIVE_PLAUSIBILITY,
+    guided_logits,
+    image_token_log_likelihood,
+    sample_image_codes,
+)
 from stage2_transformer.tokenizer import encode_captions
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -31,7 +36,7 @@ def _ids(tiny_pipe, captions):
 # negative prompts
 
 
-def test_negative_prompt_fills_the_unconditional_half(tiny_pipe):
+def test_negative_prompt_is_a_third_guided_half(tiny_pipe):
     negative = "a green heart"
     out = tiny_pipe(PROMPT, num_images_per_prompt=2, seed=4, negative_prompt=negative, return_codes=True)
     plain = tiny_pipe(PROMPT, num_images_per_prompt=2, seed=4, return_codes=True)
@@ -44,7 +49,7 @@ def test_negative_prompt_fills_the_unconditional_half(tiny_pipe):
         _ids(tiny_pipe, [PROMPT] * 2),
         guidance_scale=tiny_pipe.config.guidance_scale,
         generator=[torch.Generator().manual_seed(mix(4, j)) for j in range(2)],
-        uncond_text_ids=_ids(tiny_pipe, [negative] * 2),
+        negative_text_ids=_ids(tiny_pipe, [negative] * 2),
     )
     assert torch.equal(out.codes, expected)
     # one per prompt: each prompt's images use its own negative
@@ -52,6 +57,21 @@ def test_negative_prompt_fills_the_unconditional_half(tiny_pipe):
         [PROMPT, "a blue star"], seed=[4, 5], negative_prompt=[negative, "a red square"], return_codes=True
     )
     assert torch.equal(both.codes[0], out.codes[0])
+
+
+def test_guidance_toward_the_words_a_negative_shares_with_the_caption_is_kept():
+    cond, uncond = torch.tensor([[2.0, 1.9, 0.0, -9.0]]), torch.tensor([[0.0, 1.0, 0.0, -9.0]])  # (1, K)
+    plain = guided_logits(torch.stack([cond, uncond]), 3.0, 0.0)  # (1, K)
+    # a negative that says what the caption says steers nowhere: the guidance stays (in place of the empty
+    # caption it would cancel it); only the stricter cut differs
+    same = guided_logits(torch.stack([cond, uncond, cond]), 3.0, 0.0)
+    kept = cond[0] >= cond.max() + math.log(NEGATIVE_PLAUSIBILITY)
+    assert torch.allclose(same[0, kept], plain[0, kept]) and torch.isinf(same[0, ~kept]).all()
+    # a negative that likes code 0 more than the caption does turns the pick to code 1
+    negative = torch.tensor([[4.0, 1.9, 0.0, -9.0]])
+    assert (
+        plain.argmax() == 0 and guided_logits(torch.stack([cond, uncond, negative]), 3.0, 0.0).argmax() == 1
+    )
 
 
 @pytest.mark.parametrize(
