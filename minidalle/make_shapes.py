@@ -22,7 +22,7 @@ from pathlib import Path
 
 from minidalle.errors import ArgumentError, DataError, OneLineParser, OutputFolderError, run_main
 from minidalle.shape_attributes import heldout_combinations
-from minidalle.shape_sets import SHAPE_SETS, ShapeSet, shape_set_named
+from minidalle.shape_sets import BUILTIN, SHAPE_SETS, ShapeSet, shape_set_named
 from minidalle.shapes import generate_examples, write_imagefolder
 
 SHAPE_SET_FILE = "shape_set.json"
@@ -78,6 +78,13 @@ def load_shape_set(folder: str | Path) -> ShapeSet | None:
         raise DataError(
             f"{path} is not a shape-set record ({err}); make the folder again with make_shapes."
         ) from None
+
+
+def shape_set_of_data(source: str, path: str | None) -> ShapeSet | None:
+    """The shape set that data reads as: the built-in one, an exported folder's, or None (other data)."""
+    if source == "builtin":
+        return BUILTIN
+    return load_shape_set(path) if source == "imagefolder" and path else None
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -15,6 +15,7 @@ ceiling of the check, 100% when the checker reads the set right.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -76,6 +77,13 @@ def main(argv: list[str] | None = None) -> dict:
         choices=sorted(SHAPE_SETS),
         help="the shape set: its held-out captions, or the palette that reads --data",
     )
+    parser.add_argument("--temperature", type=float, help="default: the pipeline's")
+    parser.add_argument("--top-k", type=int, help="default: the pipeline's")
+    parser.add_argument(
+        "--guidance-plausibility",
+        type=float,
+        help="the cut under guidance (0: none); default: the pipeline's",
+    )
     args = parser.parse_args(argv)
 
     shape_set = shape_set_named(args.variant) if args.variant else None
@@ -83,6 +91,12 @@ def main(argv: list[str] | None = None) -> dict:
         shape_set = shape_set or load_shape_set(args.data) or BUILTIN
         targets, truths = heldout_of_folder(args.data, shape_set, args.num_captions)
     pipe = MiniDallePipeline.from_pretrained(args.model)
+    if args.guidance_plausibility is not None:
+        pipe.config = dataclasses.replace(pipe.config, guidance_plausibility=args.guidance_plausibility)
+    sampling = {
+        "temperature": pipe.config.temperature if args.temperature is None else args.temperature,
+        "top_k": pipe.config.top_k if args.top_k is None else args.top_k,
+    }
     if not args.data:
         shape_set = shape_set or BUILTIN
         resolution = pipe.vqvae.config.resolution
@@ -98,6 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
         "data": args.data,
         "shape_set": shape_set.name,
         "num_captions": len(captions),
+        "sampling": {**sampling, "guidance_plausibility": pipe.config.guidance_plausibility},
         "ground_truth": ground_truth,
         "scores": {},
     }
@@ -106,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     for scale in args.guidance_scales:
         start = time.perf_counter()
-        output = pipe(captions, guidance_scale=scale, seed=args.seed, batch_size=32)
+        output = pipe(captions, guidance_scale=scale, seed=args.seed, batch_size=32, **sampling)
         elapsed = time.perf_counter() - start
         scores = score_images(output.images, targets, shape_set)
         results["scores"][f"guidance_{scale:g}"] = {**scores, "seconds": elapsed}

@@ -94,8 +94,19 @@ def test_both_tiny_configs_train_on_an_exported_set_through_the_imagefolder_path
         *["--vqvae", str(stage1 / "vqvae"), "--codes.cache_dir", str(tmp_path / "codes")],
         *["--train.output_dir", str(stage2)],
     )
-    assert (stage1 / "vqvae" / "model.safetensors").is_file()
-    assert (stage2 / "transformer" / "model.safetensors").is_file()
+    # both evaluation commands read the exported set with its palette, as on the built-in data
+    from stage1_vqvae.evaluate import main as evaluate_stage1
+    from stage2_transformer.evaluate import main as evaluate_stage2
+
+    config = ["--data.source", "imagefolder", "--data.path", str(sibling_folder)]
+    report = evaluate_stage1(
+        ["--model", str(stage1 / "vqvae"), *config, "--output_json", str(tmp_path / "1.json")]
+    )
+    assert report["images"] == 8 and 0 <= report["all_four_pct"] <= 100
+    report = evaluate_stage2(
+        ["--run", str(stage2), *config, "--codes.cache_dir", str(tmp_path / "codes"), "--num_samples", "4"]
+    )
+    assert report["samples_per_setting"] == 4 and 0 <= report["samples_all_four_pct_cfg3"] <= 100
 
 
 def _demo_heldout():
@@ -109,9 +120,11 @@ def _demo_heldout():
 def test_heldout_scorer_reads_an_exported_set_with_its_palette(tmp_path, sibling_folder, tiny_pipeline_dir):
     out = tmp_path / "scores"
     args = ["--model", str(tiny_pipeline_dir), "--data", str(sibling_folder), "--out", str(out)]
-    results = _demo_heldout().main([*args, "--num-captions", "6", "--guidance-scales", "1", "3"])
+    sampling = ["--temperature", "0.5", "--top-k", "4", "--guidance-plausibility", "0"]
+    results = _demo_heldout().main([*args, "--num-captions", "6", "--guidance-scales", "1", "3", *sampling])
     assert results == json.loads((out / "heldout_scores.json").read_text())
     assert results["shape_set"] == "sibling_a" and results["num_captions"] == 6
+    assert results["sampling"] == {"temperature": 0.5, "top_k": 4, "guidance_plausibility": 0.0}
     assert results["ground_truth"]["all_four_pct"] == 100.0  # the set's own held-out images, same scoring
     assert set(results["scores"]) == {"guidance_1", "guidance_3"}
     for scores in results["scores"].values():
