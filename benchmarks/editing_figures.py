@@ -35,8 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 from minidalle.checker import read_attributes, score_images  # noqa: E402
-from minidalle.shape_attributes import BACKGROUND, GRID_SPLITS, POSITIONS, ShapeAttributes  # noqa: E402
+from minidalle.shape_attributes import GRID_SPLITS, POSITIONS, ShapeAttributes  # noqa: E402
 from minidalle.shape_captions import make_caption  # noqa: E402
+from minidalle.shape_sets import BUILTIN  # noqa: E402
 from minidalle.shapes import render  # noqa: E402
 from pipeline import MiniDallePipeline  # noqa: E402
 
@@ -161,7 +162,7 @@ def editing_figures(pipe: MiniDallePipeline, n: int, seed: int, edits) -> dict:
         edited = np.stack([np.asarray(im, dtype=np.float32) for im in out.images])  # (n, H, W, 3)
         only_box = []
         for im in out.images:
-            canvas = Image.new("RGB", (resolution, resolution), BACKGROUND)
+            canvas = Image.new("RGB", (resolution, resolution), BUILTIN.background)
             canvas.paste(im.crop(box), box[:2])
             only_box.append(canvas)
         scores = score_images(only_box, [new_attrs] * n)

@@ -15,19 +15,11 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 from PIL import Image
 
-from minidalle.shape_attributes import (
-    ATTRIBUTE_NAMES,
-    COLORS,
-    GRID_SPLITS,
-    POSITIONS,
-    SIZE_THRESHOLD,
-    ShapeAttributes,
-)
+from minidalle.shape_attributes import ATTRIBUTE_NAMES, GRID_SPLITS, POSITIONS, ShapeAttributes
 from minidalle.shape_captions import parse_caption
+from minidalle.shape_sets import BUILTIN, ShapeSet
 
 _CHECK_MAX_SIDE = 128  # larger images are box-downsampled first; 128 px is plenty for these shapes
-_PALETTE_NAMES = tuple(COLORS)
-_PALETTE = np.array([COLORS[c] for c in _PALETTE_NAMES], dtype=np.float32)
 
 
 def _to_array(image: Image.Image | np.ndarray) -> np.ndarray:
@@ -120,27 +112,29 @@ def _shape_features(alpha: np.ndarray) -> dict[str, float]:
     }
 
 
-def _nearest_color(colour: np.ndarray, background: np.ndarray) -> str:
-    """The palette colour that, blended with the background by some fraction in [0.5, 1], best matches ``colour``.
+def _nearest_color(colour: np.ndarray, background: np.ndarray, shape_set: ShapeSet) -> str:
+    """The set's colour that, blended with the background by some fraction in [0.5, 1], best matches ``colour``.
 
     Blur mixes a small shape's pixels with the background; comparing along the blend line keeps a
     darkened red from reading as another colour.
     """
-    offsets = _PALETTE - background  # (K, 3)
+    names = [name for name, _ in shape_set.colors]
+    offsets = np.array([rgb for _, rgb in shape_set.colors], dtype=np.float32) - background  # (K, 3)
     target = colour - background
     scale = np.clip(offsets @ target / (offsets * offsets).sum(axis=1), 0.5, 1.0)  # (K,)
     residual = np.linalg.norm(target - scale[:, None] * offsets, axis=1)
-    return _PALETTE_NAMES[int(np.argmin(residual))]
+    return names[int(np.argmin(residual))]
 
 
 def _cell(centre: float) -> int:
     return int(centre > GRID_SPLITS[0]) + int(centre > GRID_SPLITS[1])
 
 
-def read_attributes(image: Image.Image | np.ndarray) -> ShapeAttributes | None:
+def read_attributes(image: Image.Image | np.ndarray, shape_set: ShapeSet = BUILTIN) -> ShapeAttributes | None:
     """Colour, shape, position and size of the one shape in ``image``, from its pixels; None if none is found.
 
-    Works at any resolution and tolerates mild blur and noise (VQ-VAE reconstructions).
+    Colours are named from ``shape_set``'s palette and sizes split at its threshold. Works at any
+    resolution and tolerates mild blur and noise (VQ-VAE reconstructions).
     """
     arr = _to_array(image)
     factor = -(-max(arr.shape[:2]) // _CHECK_MAX_SIDE)
@@ -161,7 +155,7 @@ def read_attributes(image: Image.Image | np.ndarray) -> ShapeAttributes | None:
     if strong.sum() == 0:
         strong = blob
     colour = np.median(arr[strong], axis=0)
-    color = _nearest_color(colour, background)
+    color = _nearest_color(colour, background, shape_set)
 
     # Per-pixel coverage by the shape: the projection of (pixel - background) onto (colour - background),
     # near the blob only; faint values are noise.
@@ -185,7 +179,7 @@ def read_attributes(image: Image.Image | np.ndarray) -> ShapeAttributes | None:
     else:
         shape = "circle"
     extent = float(np.sqrt(area / (height * width) / _FILL[shape]))
-    size = "large" if extent > SIZE_THRESHOLD else "small"
+    size = "large" if extent > shape_set.size_threshold else "small"
     centre_x, centre_y = features["mean_x"], features["mean_y"]
     if shape == "triangle":  # its centroid sits a sixth of its height below its box centre
         centre_y -= np.sqrt(2.0 * area) / 6.0
@@ -209,11 +203,13 @@ def _as_attributes(target: Target) -> ShapeAttributes:
     return expected
 
 
-def attributes_right(images: Iterable[Image.Image | np.ndarray], targets: Iterable[Target]) -> list[Hits]:
+def attributes_right(
+    images: Iterable[Image.Image | np.ndarray], targets: Iterable[Target], shape_set: ShapeSet = BUILTIN
+) -> list[Hits]:
     """Per image, whether the checker reads colour, shape, position and size as its target states them."""
     rows: list[Hits] = []
     for image, target in zip(images, targets, strict=True):
-        expected, found = _as_attributes(target), read_attributes(image)
+        expected, found = _as_attributes(target), read_attributes(image, shape_set)
         if found is None:
             rows.append(None)
         else:
@@ -240,6 +236,8 @@ def checker_scores(rows: list[Hits]) -> dict[str, float]:
     return scores
 
 
-def score_images(images: Iterable[Image.Image | np.ndarray], targets: Iterable[Target]) -> dict[str, float]:
-    """How often the checker reads ``images`` as ``targets`` state (see ``checker_scores``)."""
-    return checker_scores(attributes_right(images, targets))
+def score_images(
+    images: Iterable[Image.Image | np.ndarray], targets: Iterable[Target], shape_set: ShapeSet = BUILTIN
+) -> dict[str, float]:
+    """How often the checker reads ``images`` of ``shape_set`` as ``targets`` state (see ``checker_scores``)."""
+    return checker_scores(attributes_right(images, targets, shape_set))

@@ -11,11 +11,12 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from minidalle.shape_attributes import COLORS, ShapeAttributes
+from minidalle.shape_attributes import ShapeAttributes
+from minidalle.shape_sets import KNOWN_COLORS
 
 # The first word of each list is the canonical one.
 _SIZE_WORDS = {"small": ("small", "little", "tiny"), "large": ("large", "big")}
-_COLOR_WORDS = {color: (color,) for color in COLORS} | {"purple": ("purple", "violet")}
+_COLOR_WORDS = {color: (color,) for color in KNOWN_COLORS} | {"purple": ("purple", "violet")}
 _SHAPE_WORDS = {"circle": ("circle", "disc"), "square": ("square",), "triangle": ("triangle",)}
 # Prepositional phrases ("at") and bare names ("where") for each position; first = canonical.
 _POSITION_AT = {
@@ -73,6 +74,12 @@ _TEMPLATES = (
     "a picture of a {size} {color} {shape} {at}",
     "a {color} {shape} {at}, {size}",
 )
+# A set with few phrasings uses these three, each with the canonical word for every value.
+_FEW_TEMPLATES = (
+    "a {size} {color} {shape} {at}",
+    "{size} {color} {shape}, {where}",
+    "an image of a {color} {shape}, {size}, {at}",
+)
 
 
 def _fill_template(template: str, attrs: ShapeAttributes, pick) -> str:
@@ -87,10 +94,18 @@ def _fill_template(template: str, attrs: ShapeAttributes, pick) -> str:
     return re.sub(r"\ba (?=[aeiou])", "an ", text)  # "a orange" -> "an orange"
 
 
-def make_caption(attrs: ShapeAttributes, rng: np.random.Generator | None = None) -> str:
-    """A caption for ``attrs``: canonical ("a small red circle at the top left") if ``rng`` is None."""
+def make_caption(
+    attrs: ShapeAttributes, rng: np.random.Generator | None = None, phrasings: str = "many"
+) -> str:
+    """A caption for ``attrs``: canonical ("a small red circle at the top left") if ``rng`` is None.
+
+    ``phrasings``: "many" (ten templates, synonyms) or "few" (three templates, canonical words).
+    """
     if rng is None:
         return _fill_template(_TEMPLATES[0], attrs, lambda options: options[0])
+    if phrasings == "few":
+        template = _FEW_TEMPLATES[rng.integers(len(_FEW_TEMPLATES))]
+        return _fill_template(template, attrs, lambda options: options[0])
     template = _TEMPLATES[rng.integers(len(_TEMPLATES))]
     return _fill_template(template, attrs, lambda options: options[rng.integers(len(options))])
 

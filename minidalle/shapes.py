@@ -5,9 +5,11 @@ caption in one of several phrasings ("a small red circle at the top left", "top 
 disc"). A fixed tenth of the attribute combinations is held out of training and makes up the
 validation split, so validation captions test composition: every single value and every pair of
 values still occurs in training (``minidalle.shape_attributes``). ``minidalle.checker`` reads the
-attributes back from pixels.
+attributes back from pixels. The same generator draws the sibling sets of ``minidalle.shape_sets``
+(other palettes, renderers, sizes, phrasings, held-out splits): pass ``shape_set``.
 
     dsd = build_builtin_dataset("data/builtin_shapes", train_size=20000, eval_size=512)
+    examples = generate_examples("train", 100, shape_set=SHAPE_SETS["sibling_a"])
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -27,19 +29,15 @@ from PIL import Image, ImageDraw
 
 from minidalle.shape_attributes import (
     ATTRIBUTE_NAMES,
-    BACKGROUND,
-    COLORS,
     GRID_CENTRES,
     POSITIONS,
-    SIZE_EXTENT,
     ShapeAttributes,
     heldout_combinations,
     train_combinations,
 )
 from minidalle.shape_captions import make_caption
+from minidalle.shape_sets import BUILTIN, ShapeSet
 
-_SIZE_JITTER = 0.05  # relative; keeps the extents within 0.18-0.20 and 0.29-0.33
-_POSITION_JITTER = 1.0 / 32  # +-1 px at 32 px, scaled with resolution; far from the checker's splits
 _BORDER_MARGIN = 1.0 / 32  # jitter never pushes a shape into the outermost pixel ring (at 32 px)
 _CACHE_VERSION = 1  # bump whenever rendering or captions change, so old caches are not reused
 
@@ -49,30 +47,35 @@ _CACHE_VERSION = 1  # bump whenever rendering or captions change, so old caches 
 # ---------------------------------------------------------------------------------------------
 
 
-def _supersample(resolution: int) -> int:
+def _supersample(resolution: int, shape_set: ShapeSet) -> int:
+    if shape_set.supersample:
+        return shape_set.supersample
     # Draw on a canvas of at least 256 px (8x at 32 px): box-downsampling then gives each pixel its
     # true coverage to within ~1/64, i.e. smooth, exact antialiasing.
     return max(4, -(-256 // resolution))
 
 
 def render(
-    attrs: ShapeAttributes, resolution: int = 32, rng: np.random.Generator | None = None
+    attrs: ShapeAttributes,
+    resolution: int = 32,
+    rng: np.random.Generator | None = None,
+    shape_set: ShapeSet = BUILTIN,
 ) -> Image.Image:
-    """Draw ``attrs`` as an RGB image; ``rng`` adds small jitter of position and size (None: none)."""
+    """Draw ``attrs`` as ``shape_set`` draws them, an RGB image; ``rng`` adds jitter of position and size (None: none)."""
     if resolution < 24:
         raise ValueError(f"resolution must be >= 24 so small shapes stay recognisable, got {resolution}.")
-    extent = SIZE_EXTENT[attrs.size]
+    extent = shape_set.size_extent[attrs.size]
     row, col = divmod(POSITIONS.index(attrs.position), 3)
     cx, cy = GRID_CENTRES[col], GRID_CENTRES[row]
     if rng is not None:
-        extent *= 1.0 + rng.uniform(-_SIZE_JITTER, _SIZE_JITTER)
-        cx += rng.uniform(-_POSITION_JITTER, _POSITION_JITTER)
-        cy += rng.uniform(-_POSITION_JITTER, _POSITION_JITTER)
+        extent *= 1.0 + rng.uniform(-shape_set.size_jitter, shape_set.size_jitter)
+        cx += rng.uniform(-shape_set.position_jitter, shape_set.position_jitter)
+        cy += rng.uniform(-shape_set.position_jitter, shape_set.position_jitter)
     half = extent / 2
     lo, hi = half + _BORDER_MARGIN, 1.0 - half - _BORDER_MARGIN
     cx, cy = min(max(cx, lo), hi), min(max(cy, lo), hi)
 
-    scale = resolution * _supersample(resolution)
+    scale = resolution * _supersample(resolution, shape_set)
     x0, y0, x1, y1 = ((cx - half) * scale, (cy - half) * scale, (cx + half) * scale, (cy + half) * scale)
     mask = Image.new("L", (scale, scale), 0)
     draw = ImageDraw.Draw(mask)
@@ -85,8 +88,8 @@ def render(
     else:  # an upward-pointing isosceles triangle that fills its (square) bounding box
         draw.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=255)
     coverage = mask.resize((resolution, resolution), Image.Resampling.BOX)
-    background = Image.new("RGB", (resolution, resolution), BACKGROUND)
-    foreground = Image.new("RGB", (resolution, resolution), COLORS[attrs.color])
+    background = Image.new("RGB", (resolution, resolution), shape_set.background)
+    foreground = Image.new("RGB", (resolution, resolution), shape_set.palette[attrs.color])
     return Image.composite(foreground, background, coverage)
 
 
@@ -98,16 +101,16 @@ _SPLIT_IDS = {"train": 0, "validation": 1}
 
 
 def generate_examples(
-    split: str, num_examples: int, resolution: int = 32, seed: int = 0
+    split: str, num_examples: int, resolution: int = 32, seed: int = 0, shape_set: ShapeSet = BUILTIN
 ) -> Iterator[dict[str, Any]]:
     """Yield ``{"image", "text", "color", "shape", "position", "size"}``; example i depends only on (seed, split, i).
 
-    "train" uses the training combinations, "validation" only the held-out ones. Combinations are
-    dealt in shuffled rounds, so each appears equally often (to within one round).
+    "train" uses the training combinations of ``shape_set``, "validation" only its held-out ones.
+    Combinations are dealt in shuffled rounds, so each appears equally often (to within one round).
     """
     if split not in _SPLIT_IDS:
         raise ValueError(f"split must be 'train' or 'validation', got {split!r}.")
-    combos = train_combinations() if split == "train" else heldout_combinations()
+    combos = train_combinations(shape_set) if split == "train" else heldout_combinations(shape_set)
     split_id = _SPLIT_IDS[split]
     order, order_round = None, -1
     for index in range(num_examples):
@@ -117,8 +120,8 @@ def generate_examples(
             order_round = round_
         attrs = combos[order[slot]]
         rng = np.random.default_rng([seed, split_id, 1, index])
-        image = render(attrs, resolution, rng)
-        yield {"image": image, "text": make_caption(attrs, rng), **asdict(attrs)}
+        image = render(attrs, resolution, rng, shape_set)
+        yield {"image": image, "text": make_caption(attrs, rng, shape_set.phrasings), **asdict(attrs)}
 
 
 def _features():
@@ -182,16 +185,19 @@ def build_builtin_dataset(
     return datasets.load_from_disk(str(final))
 
 
-def write_imagefolder(dataset, out_dir: str | Path) -> Path:
-    """Write ``dataset`` as PNGs plus ``metadata.jsonl`` ("file_name", "text", other columns): an "imagefolder"."""
+def write_imagefolder(examples: Iterable[dict[str, Any]], out_dir: str | Path) -> int:
+    """Write examples (``"image"``: a PIL image, other keys: columns) as PNGs plus ``metadata.jsonl``.
+
+    An "imagefolder": one line per image, ``"file_name"``, ``"text"`` and the other columns. Returns the
+    number of images written.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    other_columns = [c for c in dataset.column_names if c != "image"]
-    width = max(5, len(str(len(dataset) - 1)))
+    count = 0
     with open(out_dir / "metadata.jsonl", "w", encoding="utf-8") as metadata:
-        for index, example in enumerate(dataset):
-            file_name = f"{index:0{width}d}.png"
+        for count, example in enumerate(examples, start=1):
+            file_name = f"{count - 1:06d}.png"
             example["image"].convert("RGB").save(out_dir / file_name)
-            record = {"file_name": file_name} | {c: example[c] for c in other_columns}
+            record = {"file_name": file_name} | {c: v for c, v in example.items() if c != "image"}
             metadata.write(json.dumps(record) + "\n")
-    return out_dir
+    return count

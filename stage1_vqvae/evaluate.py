@@ -4,8 +4,9 @@
 
 Reads the data section of the (training) config, so the held-out split is the one the model never
 trained on. Prints a table and writes JSON (``--output_json``, default ``<model>/eval_metrics.json``).
-On the built-in shapes data it also reports how often the attribute checker reads colour, shape,
-position and size from the reconstructions as the captions state them (``all_four_pct``,
+On the built-in shapes data, or a folder written by ``python -m minidalle.make_shapes``, it also
+reports how often the attribute checker reads colour, shape, position and size from the
+reconstructions (with the set's palette) as the captions state them (``all_four_pct``,
 ``attributes_pct``, ``<attribute>_pct``: percentages of the images).
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -24,6 +26,7 @@ from minidalle.checker import attributes_right
 from minidalle.config import parse_config
 from minidalle.devices import allow_tf32_on_cuda
 from minidalle.errors import run_main
+from minidalle.make_shapes import shape_set_of_data
 from minidalle.report import report_metrics
 from stage1_vqvae.evaluation import evaluate_reconstruction
 from stage1_vqvae.model import VQVAE
@@ -60,7 +63,8 @@ def main(argv: list[str] | None = None) -> dict:
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=cfg.batch_size, collate_fn=data_lib.collate_image_captions
     )
-    checker = attributes_right if cfg.data.source == "builtin" else None
+    shape_set = shape_set_of_data(cfg.data.source, cfg.data.path)
+    checker = partial(attributes_right, shape_set=shape_set) if shape_set else None
     metrics = evaluate_reconstruction(model, loader, device, max_images=cfg.max_images, checker=checker)
     metrics = {"split": cfg.data.eval_split, "codebook_size": model.config.codebook_size, **metrics}
     out = Path(cfg.output_json) if cfg.output_json else Path(cfg.model) / "eval_metrics.json"

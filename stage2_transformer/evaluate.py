@@ -3,10 +3,11 @@
     python -m stage2_transformer.evaluate --run outputs/stage2_tiny --config configs/stage2_tiny.yaml
 
 Reports the validation loss on image tokens and bits per image, conditioned on the caption and with
-the empty caption, against the uniform prior's h*w*log2(K) bits. On the built-in shapes data it also
-samples one image per held-out caption, with and without classifier-free guidance, and reports how
-often the checker reads all four attributes as the caption states (``samples_all_four_pct_cfg<scale>``,
-a percentage) and the share of single attributes read right (``samples_attributes_pct_cfg<scale>``).
+the empty caption, against the uniform prior's h*w*log2(K) bits. On the built-in shapes data (or a
+folder written by ``python -m minidalle.make_shapes``, read with its set's palette) it also samples
+one image per held-out caption, with and without classifier-free guidance, and reports how often the
+checker reads all four attributes as the caption states (``samples_all_four_pct_cfg<scale>``, a
+percentage) and the share of single attributes read right (``samples_attributes_pct_cfg<scale>``).
 On emoji data (``scripts/get_emoji.sh``), ``--heldout_style true`` adds the held-out style score of
 ``stage2_transformer/heldout_style.py`` (style accuracy, retrieval, diversity) and writes held-out
 samples beside their true images to ``<run>/heldout_samples.png``. Prints a table and writes JSON.
@@ -27,6 +28,7 @@ from minidalle.config import parse_config
 from minidalle.devices import allow_tf32_on_cuda
 from minidalle.errors import run_main
 from minidalle.hub import fingerprint_matches
+from minidalle.make_shapes import shape_set_of_data
 from minidalle.report import report_metrics
 from stage1_vqvae.model import VQVAE
 from stage2_transformer.evaluation import evaluate_prior, sample_images
@@ -121,7 +123,8 @@ def main(argv: list[str] | None = None) -> dict:
         accelerator=accelerator,
     )
     metrics: dict = {"run": str(run), **evaluate_prior(model, layout, codes, cfg.max_examples)}
-    if cfg.data.source == "builtin":
+    shape_set = shape_set_of_data(cfg.data.source, cfg.data.path)
+    if shape_set is not None:
         captions = list(codes["text"])[: cfg.num_samples]
         for scale in cfg.guidance_scales:
             images = sample_images(
@@ -136,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
                 top_p=cfg.sampling.top_p,
                 seed=cfg.seed,
             )
-            scores = score_images(images, captions)
+            scores = score_images(images, captions, shape_set)
             for name in ("all_four_pct", "attributes_pct"):
                 metrics[f"samples_{name}_cfg{scale:g}"] = scores[name]
         metrics["samples_per_setting"] = len(captions)

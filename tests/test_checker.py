@@ -9,7 +9,8 @@ import pytest
 from PIL import Image, ImageFilter
 
 from minidalle.checker import attributes_right, checker_scores, read_attributes, score_images
-from minidalle.shape_attributes import ATTRIBUTE_NAMES, BACKGROUND, ShapeAttributes
+from minidalle.shape_attributes import ATTRIBUTE_NAMES, ShapeAttributes
+from minidalle.shape_sets import BUILTIN
 from minidalle.shapes import generate_examples
 
 
@@ -51,7 +52,7 @@ def test_checker_is_robust_to_blur_and_noise():
 
 
 def test_checker_finds_nothing_on_a_blank_image():
-    blank = Image.new("RGB", (32, 32), BACKGROUND)
+    blank = Image.new("RGB", (32, 32), BUILTIN.background)
     assert read_attributes(blank) is None
     noisy = np.clip(
         np.asarray(blank, dtype=float) + np.random.default_rng(0).normal(0, 8, (32, 32, 3)), 0, 255
@@ -79,7 +80,7 @@ def test_score_images_reports_each_attribute_separately():
     scores = score_images(images, wrong_size)
     assert scores["size_pct"] == 0.0 and scores["all_four_pct"] == 0.0 and scores["attributes_pct"] == 75.0
     assert scores["color_pct"] == scores["shape_pct"] == scores["position_pct"] == 100.0
-    blank = Image.new("RGB", (32, 32), BACKGROUND)
+    blank = Image.new("RGB", (32, 32), BUILTIN.background)
     assert score_images([blank], truth[:1])["detected_pct"] == 0.0
     with pytest.raises(ValueError, match="Cannot read attributes"):
         score_images(images[:1], ["a picture"])
@@ -89,7 +90,7 @@ def test_scores_are_percentages_of_all_images_with_undetected_ones_wrong():
     image = next(generate_examples("validation", 1, seed=0))
     truth = _attrs(image)
     wrong_colour = ShapeAttributes("green" if truth.color != "green" else "red", *astuple(truth)[1:])
-    blank = Image.new("RGB", (32, 32), BACKGROUND)
+    blank = Image.new("RGB", (32, 32), BUILTIN.background)
     rows = attributes_right([image["image"], image["image"], blank], [truth, wrong_colour, truth])
     assert rows == [(True, True, True, True), (False, True, True, True), None]
     scores = checker_scores(rows)

@@ -15,8 +15,6 @@ from minidalle import shape_captions, shapes
 from minidalle.checker import read_attributes
 from minidalle.shape_attributes import (
     ATTRIBUTE_NAMES,
-    BACKGROUND,
-    COLORS,
     POSITIONS,
     SHAPES,
     SIZES,
@@ -26,7 +24,10 @@ from minidalle.shape_attributes import (
     train_combinations,
 )
 from minidalle.shape_captions import make_caption, parse_caption
+from minidalle.shape_sets import BUILTIN
 from minidalle.shapes import build_builtin_dataset, generate_examples, render, write_imagefolder
+
+BACKGROUND, COLORS = BUILTIN.background, BUILTIN.palette
 
 
 def _attrs(example: dict) -> ShapeAttributes:
@@ -244,7 +245,8 @@ def test_write_imagefolder_loads_with_datasets(tmp_path):
     import datasets
 
     dsd = build_builtin_dataset(tmp_path / "cache", train_size=12, eval_size=4, resolution=32)
-    folder = write_imagefolder(dsd["train"], tmp_path / "folder")
+    folder = tmp_path / "folder"
+    assert write_imagefolder(dsd["train"], folder) == 12
     lines = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
     assert len(lines) == 12 and {"file_name", "text", "color", "shape", "position", "size"} <= set(lines[0])
     assert all((folder / line["file_name"]).is_file() for line in lines)
