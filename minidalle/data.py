@@ -147,12 +147,31 @@ def standard_columns(ds, image_column: str, caption_column: str, split: str):
                 f"Column {column!r} not found in split {split!r} (columns: {columns}). "
                 f"Set data.{key} to the right column."
             )
+    if ds.features is not None:
+        check_caption_type(ds.features[caption_column], caption_column, split)
     ds = ds.cast_column(image_column, datasets.Image(decode=False))
     if image_column != "image":
         ds = ds.rename_column(image_column, "image")
     if caption_column != "text":
         ds = ds.rename_column(caption_column, "text")
     return ds
+
+
+TEXT_DTYPES = ("string", "large_string", "null")  # "null": a column with no caption at all
+
+
+def check_caption_type(feature, caption_column: str, split: str) -> None:
+    """Captions must be strings (a missing one is allowed), as in an image folder's metadata.jsonl: a
+    column of numbers, lists or mixed values (datasets' ``Json``) is refused, not turned into text."""
+    import datasets
+
+    if isinstance(feature, datasets.Value) and feature.dtype in TEXT_DTYPES:
+        return
+    kind = feature.dtype if isinstance(feature, datasets.Value) else type(feature).__name__  # Json: mixed
+    raise NoUsableDataError(
+        f"Column {caption_column!r} of split {split!r} holds {kind} values, not strings: captions must be "
+        "text, one per row. Set data.caption_column to the caption column, or store the captions as strings."
+    )
 
 
 def image_identifier(value: Any, index: int) -> str:

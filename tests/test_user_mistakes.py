@@ -51,6 +51,20 @@ def image_folder(root: Path, lines: list[str], images: int = 3, readable: bool =
     return root
 
 
+def hf_data(path: Path, captions: list) -> Path:
+    """A local ``datasets`` dataset (one parquet file) of tiny images with these captions."""
+    import io
+
+    import datasets
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 0, 0)).save(buffer, format="PNG")
+    images = [{"bytes": buffer.getvalue(), "path": None}] * len(captions)
+    table = datasets.Dataset.from_dict({"image": images, "text": captions})
+    table.cast_column("image", datasets.Image()).to_parquet(str(path))
+    return path
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Tiny model folders, a pipeline, a (fake) training run and data folders with one flaw each."""
@@ -105,6 +119,13 @@ def world(tmp_path_factory):
             root / "d_empty", [f'{{"file_name": "{i}.png", "text": ""}}' for i in range(24)], images=24
         ),
     }
+    mixed = [{"image": str(data["bad_json"] / "0.png"), "text": text} for text in ("a red circle", 5)]
+    (root / "mixed.jsonl").write_text("".join(json.dumps(row) + "\n" for row in mixed))
+    hf = {
+        "number": hf_data(root / "number.parquet", list(range(24))),
+        "list": hf_data(root / "list.parquet", [["a", "b"]] * 24),
+        "none": hf_data(root / "none.parquet", [None] * 24),
+    }
     (root / "no_images").mkdir()
     (root / "a_file").write_text("x")
     (root / "prompts_many.txt").write_text("\n".join(f"prompt {i}" for i in range(1100)) + "\n")
@@ -120,6 +141,7 @@ def world(tmp_path_factory):
         "truncated": truncated,
         "cut_tokenizer": cut_tokenizer,
         "data": data,
+        "hf": hf,
     }
 
 
@@ -149,6 +171,7 @@ S2 += " --data.builtin_cache_dir {cache} --codes.cache_dir {root}/codes"
 E1 = "--config configs/stage1_tiny.yaml --model {stage1}/vqvae --data.builtin_cache_dir {cache}"
 E2 = "--config configs/stage2_tiny.yaml --run {stage2} --data.builtin_cache_dir {cache}"
 IMF = "--data.source imagefolder --data.path"
+HF = "--data.source hf --data.path parquet --data.data_files"
 GEN = "--model {pipeline} --prompt 'a red circle' --out {out}/g.png"
 AS = "--stage1 {stage1} --stage2 {stage2}"
 
@@ -204,6 +227,15 @@ CASES = [
         ["not a complete checkpoint"],
         ["run", "stage2"],
     ),
+    ("stage1", S1 + f" {TINY_S1} {HF} {{hf_number}}", ["column 'text'", "int64", "strings"], []),
+    ("stage1", S1 + f" {TINY_S1} {HF} {{hf_list}}", ["column 'text'", "list", "strings"], []),
+    ("stage1", S1 + f" {TINY_S1} {HF} {{hf_number}} --data.streaming true", ["int64", "strings"], []),
+    (
+        "stage1",
+        S1 + f" {TINY_S1} --data.source hf --data.path json --data.data_files {{root}}/mixed.jsonl",
+        ["column 'text'", "json", "strings"],
+        [],
+    ),
     # stage-2 training
     ("stage2", S2 + " --sampling.temperature -1", ["temperature"], []),
     ("stage2", S2 + " --sampling.top_k 0", ["top_k"], []),
@@ -222,6 +254,7 @@ CASES = [
     ("stage2", S2 + f" {TINY_DATA2} --train.output_dir {{run}}", ["already holds a run"], ["run"]),
     ("stage2", S2 + f" {IMF} {{data_empty_captions}}", ["captions", "empty"], []),
     ("stage2", S2 + f" {IMF} {{data_missing_image}}", ["9.png"], []),
+    ("stage2", S2 + f" {HF} {{hf_none}}", ["captions", "empty"], []),
     ("stage2", S2 + f" {TINY_DATA2} --tokenizer.path {{cut_tokenizer}}", ["tokenizer"], []),
     # evaluation
     ("eval1", E1 + " --model {root}/nowhere", ["does not exist"], []),
@@ -272,6 +305,7 @@ def fill(template: str, world: dict, out: Path, cache: Path) -> list[str]:
 
     names = {k: v for k, v in world.items() if isinstance(v, Path)}
     names.update({f"data_{k}": v for k, v in world["data"].items()})
+    names.update({f"hf_{k}": v for k, v in world["hf"].items()})
     return shlex.split(template.format(out=out, cache=cache, **names))
 
 
