@@ -1,6 +1,6 @@
 """Train the stage-1 VQ-VAE image tokenizer.
 
-    accelerate launch stage1_vqvae/train.py --config configs/stage1_tiny.yaml [--train.max_steps 100 ...]
+    accelerate launch -q stage1_vqvae/train.py --config configs/stage1_tiny.yaml [--train.max_steps 100 ...]
 
 Runs unchanged on CPU, one GPU or many (Accelerate's DDP/FSDP/DeepSpeed). Writes, under
 ``train.output_dir``: TensorBoard logs, reconstruction grids (``images/``), checkpoints that are also

@@ -1,6 +1,6 @@
 """Train the stage-2 transformer: the prior p(image codes | caption).
 
-    accelerate launch stage2_transformer/train.py --config configs/stage2_tiny.yaml [--train.max_steps 100 ...]
+    accelerate launch -q stage2_transformer/train.py --config configs/stage2_tiny.yaml [--train.max_steps 100 ...]
 
 Sequence per pair: [caption tokens, padded to text_len | <boi> | h*w image codes in raster order].
 Before training, every image is encoded once by the frozen stage-1 model (``vqvae``) and stored.
@@ -115,8 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     accelerator, output_dir = run.accelerator, run.output_dir
     if not Path(cfg.vqvae).is_dir():
         raise FileNotFoundError(
-            f"vqvae={cfg.vqvae!r} is not a folder. Train stage 1 first (accelerate launch stage1_vqvae/train.py "
-            "--config configs/stage1_tiny.yaml) and point vqvae at its <output_dir>/vqvae."
+            f"vqvae={cfg.vqvae!r} is not a folder. Train stage 1 first (accelerate launch -q "
+            "stage1_vqvae/train.py --config configs/stage1_tiny.yaml) and point vqvae at its <output_dir>/vqvae."
         )
     vqvae = VQVAE.from_pretrained(cfg.vqvae, device=accelerator.device).requires_grad_(False)
     fingerprint = model_fingerprint(cfg.vqvae)
