@@ -97,6 +97,11 @@ def world(tmp_path_factory):
     config = json.loads((deeper / "transformer" / "config.json").read_text())
     config["num_hidden_layers"] += 1
     (deeper / "transformer" / "config.json").write_text(json.dumps(config))
+    shallower = root / "shallower"  # ... and one edited to one layer fewer
+    assemble_pipeline(stage1, stage2, shallower)
+    config = json.loads((shallower / "transformer" / "config.json").read_text())
+    config["num_hidden_layers"] -= 1
+    (shallower / "transformer" / "config.json").write_text(json.dumps(config))
     truncated = root / "truncated_vqvae"
     truncated.mkdir()
     (truncated / "config.json").write_bytes((stage1 / "vqvae" / "config.json").read_bytes())
@@ -115,6 +120,9 @@ def world(tmp_path_factory):
             images=24,
             readable=False,
         ),
+        "other_column": image_folder(
+            root / "d_other", [line.replace('"text"', '"caption"') for line in good], 2
+        ),
         "empty_captions": image_folder(
             root / "d_empty", [f'{{"file_name": "{i}.png", "text": ""}}' for i in range(24)], images=24
         ),
@@ -127,6 +135,8 @@ def world(tmp_path_factory):
         "none": hf_data(root / "none.parquet", [None] * 24),
     }
     (root / "no_images").mkdir()
+    no_metadata = image_folder(root / "d_no_metadata", [])
+    (no_metadata / "metadata.jsonl").unlink()
     (root / "a_file").write_text("x")
     (root / "prompts_many.txt").write_text("\n".join(f"prompt {i}" for i in range(1100)) + "\n")
     return {
@@ -138,9 +148,10 @@ def world(tmp_path_factory):
         "configs": configs,
         "unverified": unverified,
         "deeper": deeper,
+        "shallower": shallower,
         "truncated": truncated,
         "cut_tokenizer": cut_tokenizer,
-        "data": data,
+        "data": {**data, "no_metadata": no_metadata},
         "hf": hf,
     }
 
@@ -213,7 +224,20 @@ CASES = [
     ("stage1", S1 + f" {TINY_S1} {IMF} {{data_missing_image}}", ["1 line", "9.png"], []),
     ("stage1", S1 + f" {TINY_S1} {IMF} {{data_number_caption}}", ["line 3", "caption"], []),
     ("stage1", S1 + f" {TINY_S1} {IMF} {{data_unreadable}}", ["could be read"], []),
+    (
+        "stage1",
+        S1 + f" {TINY_S1} {IMF} {{data_no_metadata}}",
+        ["column 'text' not found", "caption_column"],
+        [],
+    ),
+    ("stage1", S1 + f" {TINY_S1} {IMF} {{data_other_column}}", ["column 'text' not found", "caption"], []),
     ("stage1", S1 + f" {TINY_S1} {TINY_DATA} --train.output_dir {{root}}/a_file", ["is a file"], []),
+    (
+        "stage1",
+        S1 + f" {TINY_S1} --train.output_dir {{root}}/a_file/run",
+        ["cannot be made", "is a file"],
+        [],
+    ),
     (
         "stage1",
         S1 + f" {TINY_S1} {TINY_DATA} --train.output_dir {{pipeline}}",
@@ -249,6 +273,7 @@ CASES = [
     ("stage2", S2 + " --vqvae {root}/nowhere", ["not a folder"], []),
     ("stage2", S2 + " --vqvae {stage2}/transformer", ["llama"], ["stage2"]),
     ("stage2", S2 + " --vqvae {truncated}", ["safetensors"], []),
+    ("stage2", S2 + " --vqvae someone/x", ["someone/x", "not a folder"], []),
     ("stage2", S2 + f" {TINY_DATA2} --train.output_dir {{pipeline}}", ["no training run"], ["pipeline"]),
     ("stage2", S2 + f" {TINY_DATA2} --train.output_dir {{stage2}}", ["no training run"], ["stage2"]),
     ("stage2", S2 + f" {TINY_DATA2} --train.output_dir {{run}}", ["already holds a run"], ["run"]),
@@ -297,6 +322,8 @@ CASES = [
     ("generate", GEN + " --model {root}/nowhere", ["does not exist"], []),
     ("generate", GEN + " --model {unverified}", ["stage1_fingerprint", "--allow-unverified"], ["unverified"]),
     ("generate", GEN + " --model {deeper}", ["do not fit"], ["deeper"]),
+    ("generate", GEN + " --model {shallower}", ["do not fit"], ["shallower"]),
+    ("generate", GEN + " --model someone/x", ["no such folder"], []),
 ]
 
 
@@ -330,6 +357,35 @@ def test_user_mistake(
         assert word.lower() in lines[0].lower(), lines[0]
     assert {name: tree_hash(world[name]) for name in protected} == before
     assert not (out / "checkpoints").exists() and not any(out.rglob("*.safetensors"))
+
+
+def test_read_only_output_folder_is_refused_before_work(tmp_path):
+    """A real process; as root (who may write anywhere) it runs without the capability to override
+    file permissions, as any other user would."""
+    import shutil
+
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    as_user = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: a read-only folder cannot be made")
+        caps = "-dac_override,-dac_read_search"
+        as_user = ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}"]
+    cache = tmp_path / "cache"
+    argv = [*S1.format(out=locked / "run", cache=cache).split(), *TINY_S1.split()]
+    result = subprocess.run(
+        [*as_user, sys.executable, "stage1_vqvae/train.py", *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:") or "Traceback" in line]
+    assert result.returncode == 2 and len(errors) == 1, result.stderr[-3000:]
+    assert "not writable" in errors[0] and str(locked) in errors[0]
+    assert not cache.exists()  # refused before the data was made
 
 
 def test_debug_shows_the_traceback(world, monkeypatch):
