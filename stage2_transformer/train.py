@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     with accelerator.main_process_first():  # read before anything is written: data mistakes fail first
         train_hf, eval_hf = data_lib.load_train_eval(cfg.data, max_eval=cfg.num_eval_examples)
     require_captions(train_hf["text"], cfg.data.train_split)
+    if cfg.tokenizer.path:  # a given tokenizer that cannot be read fails before anything is written
+        load_caption_tokenizer(cfg.tokenizer.path)
     run.claim_output_dir(dataclasses.asdict(cfg))
     if accelerator.is_main_process:
         if not started:  # what a launch of ours that failed before training left here belongs to no run

@@ -102,6 +102,11 @@ def world(tmp_path_factory):
     config = json.loads((shallower / "transformer" / "config.json").read_text())
     config["num_hidden_layers"] -= 1
     (shallower / "transformer" / "config.json").write_text(json.dumps(config))
+    wider = root / "wider_vqvae"  # a VQ-VAE whose config.json was edited to more channels
+    wider.mkdir()
+    config = json.loads((stage1 / "vqvae" / "config.json").read_text())
+    (wider / "config.json").write_text(json.dumps({**config, "base_channels": config["base_channels"] * 2}))
+    (wider / "model.safetensors").write_bytes((stage1 / "vqvae" / "model.safetensors").read_bytes())
     truncated = root / "truncated_vqvae"
     truncated.mkdir()
     (truncated / "config.json").write_bytes((stage1 / "vqvae" / "config.json").read_bytes())
@@ -150,6 +155,7 @@ def world(tmp_path_factory):
         "deeper": deeper,
         "shallower": shallower,
         "truncated": truncated,
+        "wider": wider,
         "cut_tokenizer": cut_tokenizer,
         "data": {**data, "no_metadata": no_metadata},
         "hf": hf,
@@ -285,6 +291,7 @@ CASES = [
     ("eval1", E1 + " --model {root}/nowhere", ["does not exist"], []),
     ("eval1", E1 + " --model someone/x", ["no such folder"], []),
     ("eval1", E1 + " --model {stage2}/transformer", ["llama"], ["stage2"]),
+    ("eval1", E1 + " --model {wider}", ["do not fit", "another shape"], ["wider"]),
     ("eval1", E1 + " --batch_size 0", ["batch_size"], []),
     ("eval1", E1 + " --output_json {root}/a_file/m.json", ["output_json", "not a folder"], ["stage1"]),
     ("eval1", E1 + " --output_json {stage1}", ["output_json", "folder"], ["stage1"]),
@@ -356,7 +363,7 @@ def test_user_mistake(
     for word in words:
         assert word.lower() in lines[0].lower(), lines[0]
     assert {name: tree_hash(world[name]) for name in protected} == before
-    assert not (out / "checkpoints").exists() and not any(out.rglob("*.safetensors"))
+    assert not out.exists()
 
 
 def test_read_only_output_folder_is_refused_before_work(tmp_path):
