@@ -6,8 +6,9 @@ region of a picture, or make variations of it (tabs Generate, Edit, Variations; 
 Without ``--model`` it serves ``outputs/pipeline_tiny`` (what ``bash scripts/demo.sh`` trains and
 assembles). It listens on 127.0.0.1 unless ``--host`` says otherwise and never opens a public share
 link. Requests wait in a queue (``--max-queue``) and at most ``--concurrency-limit`` run at once;
-prompt length and image count are capped; a bad request shows an error in the page and the app keeps
-serving. ``build_app(pipe)`` returns the ``gr.Blocks`` without launching it (for tests and embedding).
+prompt length, image count, upload and request sizes are capped; a bad request shows an error in the
+page and the app keeps serving. ``build_app(pipe)`` returns the ``gr.Blocks`` without launching it (for
+tests and embedding).
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import gradio as gr  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
+from app_request_limit import RequestBodyLimit  # noqa: E402
 from app_tabs import GALLERY_LABEL, edit_tab, image_gallery, stream_to_gallery, variations_tab  # noqa: E402
 from minidalle.arguments import check_int  # noqa: E402
 from minidalle.errors import ArgumentError, OneLineParser, run_main  # noqa: E402
@@ -40,6 +43,7 @@ TRAIN_COMMAND = "bash scripts/demo.sh"
 MAX_PROMPT_CHARS = 300
 MAX_IMAGES = 16
 MAX_UPLOAD = "1mb"  # per uploaded file
+MAX_REQUEST_BYTES = 2 * 1024 * 1024  # per request: one upload and the form around it, or a prompt
 MAX_SEED = RANDOM_SEEDS_BELOW - 1  # the seed box's limit: seeds the app draws fit in it
 EXAMPLES = [
     "a small red circle at the top left",
@@ -260,7 +264,8 @@ def main(argv: list[str] | None = None) -> None:
         mcp_server=False,
         show_error=False,
         footer_links=["api"],
-        max_file_size=MAX_UPLOAD,  # the page uploads nothing; gradio's upload route would take any size
+        max_file_size=MAX_UPLOAD,  # gradio's upload route would take any size
+        app_kwargs={"middleware": [Middleware(RequestBodyLimit, max_bytes=MAX_REQUEST_BYTES)]},
     )
 
 

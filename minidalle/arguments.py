@@ -38,11 +38,16 @@ def check_writable_file(flag: str, path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
         raise ArgumentError(f"{flag} {str(path)!r} is a folder; give a file name.")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
+    parent = nearest_existing(path.parent)
     if not parent.is_dir():
         raise ArgumentError(f"{flag} {str(path)!r}: {str(parent)!r} is a file, not a folder.")
     if not os.access(parent, os.W_OK):
         raise ArgumentError(f"{flag} {str(path)!r}: the folder {str(parent)!r} is not writable.")
+    return path
+
+
+def nearest_existing(path: Path) -> Path:
+    """``path`` if it exists, else its nearest existing ancestor: where making it would write."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
     return path

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from minidalle.arguments import nearest_existing
 from minidalle.distributed import params_sharded, unwrap
 from minidalle.errors import ModelFolderError, OutputFolderError
 from minidalle.faults import fault_point
@@ -49,6 +50,12 @@ def check_output_dir(output_dir: str | Path, resuming: bool) -> Path:
     saved = out / RUN_CONFIG
     if out.exists() and not out.is_dir():
         raise OutputFolderError(f"train.output_dir {str(out)!r} is a file; give a folder.")
+    existing = nearest_existing(out)
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        what = "is a file" if not existing.is_dir() else "is not writable"
+        raise OutputFolderError(
+            f"train.output_dir {str(out)!r} cannot be made: {str(existing)!r} {what}. Choose another folder."
+        )
     foreign = sorted(p.name for p in out.iterdir()) if out.is_dir() and not saved.is_file() else []
     if foreign:  # training writes (and on a fresh start clears) files here: never among others' files
         raise OutputFolderError(

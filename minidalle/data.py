@@ -27,6 +27,9 @@ from minidalle.pixels import preprocess
 
 logger = logging.getLogger(__name__)
 
+MAX_WORKERS = 256  # DataLoader worker processes; more is a typo that would start thousands of processes
+MAX_BUILTIN_SIZE = 1_000_000  # built-in images per split; more would take hours to draw and fill the disk
+
 
 @dataclass
 class DataConfig:
@@ -58,11 +61,13 @@ class DataConfig:
             raise ValueError(f"data.source={self.source!r} needs data.path (a folder or dataset name).")
         if self.resolution < 8 or self.resolution % 8 != 0:
             raise ValueError(f"data.resolution must be a multiple of 8 and >= 8, got {self.resolution}.")
-        if self.num_workers < 0:
-            raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}.")
-        if self.builtin_train_size < 1 or self.builtin_eval_size < 1:
+        if not 0 <= self.num_workers <= MAX_WORKERS:
+            raise ValueError(f"data.num_workers must lie in [0, {MAX_WORKERS}], got {self.num_workers}.")
+        if not all(
+            1 <= size <= MAX_BUILTIN_SIZE for size in (self.builtin_train_size, self.builtin_eval_size)
+        ):
             raise ValueError(
-                "data.builtin_train_size and data.builtin_eval_size must be >= 1, got "
+                f"data.builtin_train_size and data.builtin_eval_size must lie in [1, {MAX_BUILTIN_SIZE}], got "
                 f"{self.builtin_train_size} and {self.builtin_eval_size}."
             )
         if self.streaming and self.source != "hf":
@@ -147,12 +152,31 @@ def standard_columns(ds, image_column: str, caption_column: str, split: str):
                 f"Column {column!r} not found in split {split!r} (columns: {columns}). "
                 f"Set data.{key} to the right column."
             )
+    if ds.features is not None:
+        check_caption_type(ds.features[caption_column], caption_column, split)
     ds = ds.cast_column(image_column, datasets.Image(decode=False))
     if image_column != "image":
         ds = ds.rename_column(image_column, "image")
     if caption_column != "text":
         ds = ds.rename_column(caption_column, "text")
     return ds
+
+
+TEXT_DTYPES = ("string", "large_string", "null")  # "null": a column with no caption at all
+
+
+def check_caption_type(feature, caption_column: str, split: str) -> None:
+    """Captions must be strings (a missing one is allowed), as in an image folder's metadata.jsonl: a
+    column of numbers, lists or mixed values (datasets' ``Json``) is refused, not turned into text."""
+    import datasets
+
+    if isinstance(feature, datasets.Value) and feature.dtype in TEXT_DTYPES:
+        return
+    kind = feature.dtype if isinstance(feature, datasets.Value) else type(feature).__name__  # Json: mixed
+    raise NoUsableDataError(
+        f"Column {caption_column!r} of split {split!r} holds {kind} values, not strings: captions must be "
+        "text, one per row. Set data.caption_column to the caption column, or store the captions as strings."
+    )
 
 
 def image_identifier(value: Any, index: int) -> str:

@@ -153,13 +153,17 @@ class PretrainedMixin:
         folder = resolve_model_dir(name_or_path)
         config = cls.load_config(folder)
         model = cls(config)
-        state = read_safetensors(folder / WEIGHTS_NAME)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
+        state, own = read_safetensors(folder / WEIGHTS_NAME), model.state_dict()
+        missing = [name for name in own if name not in state]
+        unexpected = [name for name in state if name not in own]
+        reshaped = [name for name in state if name in own and state[name].shape != own[name].shape]
+        if missing or unexpected or reshaped:  # load_state_dict would raise a RuntimeError on a shape
             raise ModelFolderError(
                 f"Weights in {folder / WEIGHTS_NAME} do not fit the config: missing {missing[:5]}, "
-                f"unexpected {unexpected[:5]}."
+                f"unexpected {unexpected[:5]}, of another shape {reshaped[:5]}; the config was edited or "
+                "the files come from different models. Export the model again."
             )
+        model.load_state_dict(state)
         model.to(device=device)
         if dtype is not None:
             model.to(dtype=dtype)

@@ -83,6 +83,9 @@ class TrainingRun:
             )
         self.resuming = tcfg.resume_from_checkpoint is not None
         self.resume_path = resolve_resume(self.output_dir, tcfg.resume_from_checkpoint)
+        check_output_dir(
+            self.output_dir, self.resuming
+        )  # a folder it must not use: refused before data is read
         self.step = 0  # optimizer steps done
         self.guard = NonFiniteGuard(tcfg.max_nonfinite_steps)
         self.metrics_log = MetricsLog(self.output_dir, self.accelerator.is_main_process)

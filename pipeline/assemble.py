@@ -47,7 +47,7 @@ def find_vqvae_dir(stage1: str | Path) -> Path:
             return candidate
     raise FileNotFoundError(
         f"{str(path)!r} is neither a stage-1 run folder (with {VQVAE_DIR}/config.json and "
-        f"{VQVAE_DIR}/model.safetensors) nor a vqvae folder. Train stage 1 first: accelerate launch "
+        f"{VQVAE_DIR}/model.safetensors) nor a vqvae folder. Train stage 1 first: accelerate launch -q "
         "stage1_vqvae/train.py --config configs/stage1_tiny.yaml"
     )
 
@@ -68,7 +68,7 @@ def assemble_pipeline(
         if not (stage2 / part).is_dir():
             raise FileNotFoundError(
                 f"{str(stage2)!r} is not a stage-2 run folder: it has no {part}/. Train stage 2 first: "
-                "accelerate launch stage2_transformer/train.py --config configs/stage2_tiny.yaml"
+                "accelerate launch -q stage2_transformer/train.py --config configs/stage2_tiny.yaml"
             )
     record = read_stage1_record(stage2, search_parent=True)
     if stage1 is None:

@@ -11,11 +11,11 @@ export PATH="$PWD/.venv/bin:$PATH" TOKENIZERS_PARALLELISM=false
 THREADS="--num_cpu_threads_per_process $(nproc)"
 
 echo "== stage 1: VQ-VAE image tokenizer (configs/stage1_tiny.yaml)"
-accelerate launch $THREADS stage1_vqvae/train.py --config configs/stage1_tiny.yaml --resume_from_checkpoint latest
+accelerate launch -q $THREADS stage1_vqvae/train.py --config configs/stage1_tiny.yaml --resume_from_checkpoint latest
 python -m stage1_vqvae.evaluate --model outputs/stage1_tiny/vqvae --config configs/stage1_tiny.yaml
 
 echo "== stage 2: transformer prior p(codes | caption) (configs/stage2_tiny.yaml)"
-accelerate launch $THREADS stage2_transformer/train.py --config configs/stage2_tiny.yaml --resume_from_checkpoint latest
+accelerate launch -q $THREADS stage2_transformer/train.py --config configs/stage2_tiny.yaml --resume_from_checkpoint latest
 
 echo "== pipeline: assemble, then sample held-out captions"
 python -m pipeline.assemble --stage1 outputs/stage1_tiny --stage2 outputs/stage2_tiny --out outputs/pipeline_tiny

@@ -25,12 +25,12 @@ if [ ! -f data/emoji32/counts.json ]; then
 fi
 
 echo "== stage 1: VQ-VAE image tokenizer (configs/stage1_emoji32.yaml)"
-accelerate launch $THREADS stage1_vqvae/train.py --config configs/stage1_emoji32.yaml $STAGE1_FLAGS \
+accelerate launch -q $THREADS stage1_vqvae/train.py --config configs/stage1_emoji32.yaml $STAGE1_FLAGS \
   --resume_from_checkpoint latest
 python -m stage1_vqvae.evaluate --config configs/stage1_emoji32.yaml --model "$OUT/stage1_emoji32/vqvae"
 
 echo "== stage 2: transformer prior p(codes | caption) (configs/stage2_emoji32.yaml)"
-accelerate launch $THREADS stage2_transformer/train.py --config configs/stage2_emoji32.yaml $STAGE2_FLAGS \
+accelerate launch -q $THREADS stage2_transformer/train.py --config configs/stage2_emoji32.yaml $STAGE2_FLAGS \
   --resume_from_checkpoint latest
 
 echo "== held-out pairs: style accuracy, retrieval, bits per image, diversity; the sample grid"

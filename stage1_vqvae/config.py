@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+MAX_WIDTH = 8192  # channels of the widest layer: one 3x3 convolution of that width holds 600M weights
+MAX_CODEBOOK_SIZE = 1 << 20  # DALL-E used 8192 codes, LlamaGen 16384
+
 
 @dataclass
 class VQVAEConfig:
@@ -29,12 +32,17 @@ class VQVAEConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         if min(self.channel_multipliers) < 1:
             raise ValueError(f"channel_multipliers must all be >= 1, got {self.channel_multipliers}.")
+        if self.base_channels * max(self.channel_multipliers) > MAX_WIDTH:
+            raise ValueError(
+                f"base_channels x the largest channel multiplier (the widest layer) must be <= {MAX_WIDTH}, "
+                f"got {self.base_channels} x {max(self.channel_multipliers)}."
+            )
         if self.num_res_blocks < 0:
             raise ValueError(f"num_res_blocks must be >= 0, got {self.num_res_blocks}.")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}.")
-        if self.codebook_size < 2:
-            raise ValueError(f"codebook_size must be >= 2, got {self.codebook_size}.")
+        if not 2 <= self.codebook_size <= MAX_CODEBOOK_SIZE:
+            raise ValueError(f"codebook_size must lie in [2, {MAX_CODEBOOK_SIZE}], got {self.codebook_size}.")
         if self.codebook_dim < 1:
             raise ValueError(f"codebook_dim must be >= 1, got {self.codebook_dim}.")
         if self.resolution % self.downsample_factor != 0:

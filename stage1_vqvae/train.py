@@ -1,6 +1,6 @@
 """Train the stage-1 VQ-VAE image tokenizer.
 
-    accelerate launch stage1_vqvae/train.py --config configs/stage1_tiny.yaml [--train.max_steps 100 ...]
+    accelerate launch -q stage1_vqvae/train.py --config configs/stage1_tiny.yaml [--train.max_steps 100 ...]
 
 Runs unchanged on CPU, one GPU or many (Accelerate's DDP/FSDP/DeepSpeed). Writes, under
 ``train.output_dir``: TensorBoard logs, reconstruction grids (``images/``), checkpoints that are also
@@ -71,8 +71,6 @@ def main(argv: list[str] | None = None) -> None:
             "init and dead-code restarts rewrite codebook entries in place, which sharded or optimizer-owned "
             "weights do not allow, and the VQ-VAE fits on one GPU anyway."
         )
-    run.claim_output_dir(dataclasses.asdict(cfg))
-    run.begin()
 
     # ---------------------------------------------------------------- data
     with accelerator.main_process_first():
@@ -114,6 +112,8 @@ def main(argv: list[str] | None = None) -> None:
     grid_pixels = data_lib.collate_image_captions(grid_images)["pixels"]  # (n, 3, H, W)
     grid_pixels = grid_pixels.to(accelerator.device)
     checker = attributes_right if cfg.data.source == "builtin" else None
+    run.claim_output_dir(dataclasses.asdict(cfg))  # data mistakes fail first, before anything is written
+    run.begin()
 
     # ---------------------------------------------------------------- model and optimizer
     model = VQVAE(cfg.model)

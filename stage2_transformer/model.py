@@ -21,6 +21,9 @@ from minidalle.errors import ModelFolderError
 
 from .layout import LAYOUT_FILE, SequenceLayout
 
+MAX_HIDDEN_SIZE = 16384  # Llama-2 70B uses 8192; more is a typo
+MAX_LAYERS = 256
+
 
 @dataclass
 class TransformerConfig:
@@ -35,9 +38,10 @@ class TransformerConfig:
     gradient_checkpointing: bool = False
 
     def __post_init__(self):
-        for name in ("hidden_size", "num_layers", "num_heads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"TransformerConfig.{name} must be positive, got {getattr(self, name)}.")
+        for name, high in (("hidden_size", MAX_HIDDEN_SIZE), ("num_layers", MAX_LAYERS), ("num_heads", None)):
+            if getattr(self, name) < 1 or (high is not None and getattr(self, name) > high):
+                limit = f"lie in [1, {high}]" if high else "be positive"
+                raise ValueError(f"TransformerConfig.{name} must {limit}, got {getattr(self, name)}.")
         if self.hidden_size % self.num_heads:
             raise ValueError(
                 f"TransformerConfig.hidden_size={self.hidden_size} must be divisible by num_heads={self.num_heads}."
@@ -46,9 +50,10 @@ class TransformerConfig:
             raise ValueError(
                 f"The head size hidden_size/num_heads={self.hidden_size // self.num_heads} must be even (RoPE)."
             )
-        if self.intermediate_size is not None and self.intermediate_size < 1:
+        if self.intermediate_size is not None and not 1 <= self.intermediate_size <= 4 * MAX_HIDDEN_SIZE:
             raise ValueError(
-                f"TransformerConfig.intermediate_size must be positive, got {self.intermediate_size}."
+                f"TransformerConfig.intermediate_size must lie in [1, {4 * MAX_HIDDEN_SIZE}], got "
+                f"{self.intermediate_size}."
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"TransformerConfig.dropout must be in [0, 1), got {self.dropout}.")

@@ -10,6 +10,8 @@ from minidalle.train_config import TrainConfig
 from stage2_transformer.model import TransformerConfig
 from stage2_transformer.sampling import check_sampling_args
 
+MAX_TEXT_LEN = 4096  # caption tokens per sequence; captions here are a sentence or two
+MAX_TEXT_VOCAB = 1 << 20
 MAX_SAMPLED_CAPTIONS = 256  # a grid of more is unreadable and slows every image_every step
 
 
@@ -20,11 +22,12 @@ class TokenizerConfig:
     text_len: int = 16  # caption tokens per sequence (longer captions are truncated with a warning)
 
     def __post_init__(self) -> None:
-        if self.text_len < 1:
-            raise ValueError(f"tokenizer.text_len must be >= 1, got {self.text_len}.")
-        if self.vocab_size < 258:
+        if not 1 <= self.text_len <= MAX_TEXT_LEN:
+            raise ValueError(f"tokenizer.text_len must lie in [1, {MAX_TEXT_LEN}], got {self.text_len}.")
+        if not 258 <= self.vocab_size <= MAX_TEXT_VOCAB:
             raise ValueError(
-                f"tokenizer.vocab_size must be >= 258 (256 bytes + 2 specials), got {self.vocab_size}."
+                f"tokenizer.vocab_size must lie in [258, {MAX_TEXT_VOCAB}] (256 bytes + 2 specials at least), "
+                f"got {self.vocab_size}."
             )
 
 

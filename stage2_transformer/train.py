@@ -1,6 +1,6 @@
 """Train the stage-2 transformer: the prior p(image codes | caption).
 
-    accelerate launch stage2_transformer/train.py --config configs/stage2_tiny.yaml [--train.max_steps 100 ...]
+    accelerate launch -q stage2_transformer/train.py --config configs/stage2_tiny.yaml [--train.max_steps 100 ...]
 
 Sequence per pair: [caption tokens, padded to text_len | <boi> | h*w image codes in raster order].
 Before training, every image is encoded once by the frozen stage-1 model (``vqvae``) and stored.
@@ -120,8 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     accelerator, output_dir = run.accelerator, run.output_dir
     if not Path(cfg.vqvae).is_dir():
         raise FileNotFoundError(
-            f"vqvae={cfg.vqvae!r} is not a folder. Train stage 1 first (accelerate launch stage1_vqvae/train.py "
-            "--config configs/stage1_tiny.yaml) and point vqvae at its <output_dir>/vqvae."
+            f"vqvae={cfg.vqvae!r} is not a folder. Train stage 1 first (accelerate launch -q "
+            "stage1_vqvae/train.py --config configs/stage1_tiny.yaml) and point vqvae at its <output_dir>/vqvae."
         )
     vqvae = VQVAE.from_pretrained(cfg.vqvae, device=accelerator.device).requires_grad_(False)
     fingerprint = model_fingerprint(cfg.vqvae)
@@ -132,6 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     with accelerator.main_process_first():  # read before anything is written: data mistakes fail first
         train_hf, eval_hf = data_lib.load_train_eval(cfg.data, max_eval=cfg.num_eval_examples)
     require_captions(train_hf["text"], cfg.data.train_split)
+    if cfg.tokenizer.path:  # a given tokenizer that cannot be read fails before anything is written
+        load_caption_tokenizer(cfg.tokenizer.path)
     run.claim_output_dir(dataclasses.asdict(cfg))
     if accelerator.is_main_process:
         if not started:  # what a launch of ours that failed before training left here belongs to no run

@@ -162,6 +162,52 @@ def test_invalid_requests_show_an_error_and_the_app_keeps_serving(client):
     assert len(gallery) == 3
 
 
+def test_oversized_uploads_and_requests_are_refused_and_the_app_keeps_serving(app_url, client):
+    import http.client
+    import json
+    from urllib.parse import urlparse
+
+    import app_gradio
+
+    url = urlparse(app_url)
+    limit = app_gradio.MAX_REQUEST_BYTES
+
+    def post(path: str, body, headers: dict) -> tuple[int, str]:
+        connection = http.client.HTTPConnection(url.hostname, url.port, timeout=20)
+        try:
+            if body is None:  # headers only: the declared size alone must be refused
+                connection.putrequest("POST", path)
+                for name, value in headers.items():
+                    connection.putheader(name, value)
+                connection.endheaders()
+            else:
+                connection.request("POST", path, body=body, headers=headers, encode_chunked=True)
+            response = connection.getresponse()
+            return response.status, response.read().decode()
+        finally:
+            connection.close()
+
+    boundary = "limit-test"
+    form = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+    def upload(size: int) -> bytes:
+        head = f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="big.png"\r\n\r\n'
+        return head.encode() + b"x" * size + f"\r\n--{boundary}--\r\n".encode()
+
+    # one file over gradio's max_file_size, in a request under the cap: gradio refuses the file
+    status, text = post("/gradio_api/upload", [upload(limit // 2 + 1024)], form)
+    assert status == 413 and "maximum allowed size" in text, text
+    # a declared body over the cap: refused before a byte of it is read
+    status, text = post("/gradio_api/queue/join", None, {"Content-Length": str(50 * 2**20)})
+    assert status == 413 and json.loads(text)["detail"].endswith(f"at most {limit} bytes per request."), text
+    # a body streamed without a length (chunked): counted as it arrives
+    chunk = b"x" * 2**16
+    status, text = post("/gradio_api/upload", [chunk] * (limit // len(chunk) + 1), form)
+    assert status == 413 and f"at most {limit} bytes" in text, text
+    gallery, _, _ = client.predict(*SETTINGS, api_name="/generate")
+    assert len(gallery) == 3
+
+
 def test_edit_and_variations_tabs(client, model_dir, tmp_path):
     from gradio_client import handle_file
 

@@ -51,6 +51,20 @@ def image_folder(root: Path, lines: list[str], images: int = 3, readable: bool =
     return root
 
 
+def hf_data(path: Path, captions: list) -> Path:
+    """A local ``datasets`` dataset (one parquet file) of tiny images with these captions."""
+    import io
+
+    import datasets
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 0, 0)).save(buffer, format="PNG")
+    images = [{"bytes": buffer.getvalue(), "path": None}] * len(captions)
+    table = datasets.Dataset.from_dict({"image": images, "text": captions})
+    table.cast_column("image", datasets.Image()).to_parquet(str(path))
+    return path
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Tiny model folders, a pipeline, a (fake) training run and data folders with one flaw each."""
@@ -83,6 +97,16 @@ def world(tmp_path_factory):
     config = json.loads((deeper / "transformer" / "config.json").read_text())
     config["num_hidden_layers"] += 1
     (deeper / "transformer" / "config.json").write_text(json.dumps(config))
+    shallower = root / "shallower"  # ... and one edited to one layer fewer
+    assemble_pipeline(stage1, stage2, shallower)
+    config = json.loads((shallower / "transformer" / "config.json").read_text())
+    config["num_hidden_layers"] -= 1
+    (shallower / "transformer" / "config.json").write_text(json.dumps(config))
+    wider = root / "wider_vqvae"  # a VQ-VAE whose config.json was edited to more channels
+    wider.mkdir()
+    config = json.loads((stage1 / "vqvae" / "config.json").read_text())
+    (wider / "config.json").write_text(json.dumps({**config, "base_channels": config["base_channels"] * 2}))
+    (wider / "model.safetensors").write_bytes((stage1 / "vqvae" / "model.safetensors").read_bytes())
     truncated = root / "truncated_vqvae"
     truncated.mkdir()
     (truncated / "config.json").write_bytes((stage1 / "vqvae" / "config.json").read_bytes())
@@ -101,11 +125,23 @@ def world(tmp_path_factory):
             images=24,
             readable=False,
         ),
+        "other_column": image_folder(
+            root / "d_other", [line.replace('"text"', '"caption"') for line in good], 2
+        ),
         "empty_captions": image_folder(
             root / "d_empty", [f'{{"file_name": "{i}.png", "text": ""}}' for i in range(24)], images=24
         ),
     }
+    mixed = [{"image": str(data["bad_json"] / "0.png"), "text": text} for text in ("a red circle", 5)]
+    (root / "mixed.jsonl").write_text("".join(json.dumps(row) + "\n" for row in mixed))
+    hf = {
+        "number": hf_data(root / "number.parquet", list(range(24))),
+        "list": hf_data(root / "list.parquet", [["a", "b"]] * 24),
+        "none": hf_data(root / "none.parquet", [None] * 24),
+    }
     (root / "no_images").mkdir()
+    no_metadata = image_folder(root / "d_no_metadata", [])
+    (no_metadata / "metadata.jsonl").unlink()
     (root / "a_file").write_text("x")
     (root / "prompts_many.txt").write_text("\n".join(f"prompt {i}" for i in range(1100)) + "\n")
     return {
@@ -117,9 +153,12 @@ def world(tmp_path_factory):
         "configs": configs,
         "unverified": unverified,
         "deeper": deeper,
+        "shallower": shallower,
         "truncated": truncated,
+        "wider": wider,
         "cut_tokenizer": cut_tokenizer,
-        "data": data,
+        "data": {**data, "no_metadata": no_metadata},
+        "hf": hf,
     }
 
 
@@ -149,6 +188,7 @@ S2 += " --data.builtin_cache_dir {cache} --codes.cache_dir {root}/codes"
 E1 = "--config configs/stage1_tiny.yaml --model {stage1}/vqvae --data.builtin_cache_dir {cache}"
 E2 = "--config configs/stage2_tiny.yaml --run {stage2} --data.builtin_cache_dir {cache}"
 IMF = "--data.source imagefolder --data.path"
+HF = "--data.source hf --data.path parquet --data.data_files"
 GEN = "--model {pipeline} --prompt 'a red circle' --out {out}/g.png"
 AS = "--stage1 {stage1} --stage2 {stage2}"
 
@@ -179,9 +219,13 @@ CASES = [
     ("stage1", S1 + " --model.channel_multipliers [1,0,2]", ["channel_multipliers"], []),
     ("stage1", S1 + " --model.num_res_blocks -1", ["num_res_blocks"], []),
     ("stage1", S1 + " --model.codebook_size 1", ["codebook_size"], []),
+    ("stage1", S1 + " --model.codebook_size 1000000000", ["codebook_size", "1048576"], []),
+    ("stage1", S1 + " --model.base_channels 100000", ["widest layer", "8192"], []),
     ("stage1", S1 + " --data.resolution 12", ["resolution"], []),
     ("stage1", S1 + " --train.mixed_precision fp8", ["mixed_precision"], []),
     ("stage1", S1 + " --train.warmup_steps -1", ["warmup_steps"], []),
+    ("stage1", S1 + " --data.num_workers 100000", ["num_workers", "256"], []),
+    ("stage1", S1 + " --data.builtin_train_size 1000000000", ["builtin_train_size", "1000000"], []),
     ("stage1", S1 + " --codebook.restart_until 2", ["restart_until"], []),
     # stage-1 training: data and folders
     ("stage1", S1 + f" {TINY_S1} {IMF} {{root}}/nowhere", ["not a folder"], []),
@@ -190,7 +234,20 @@ CASES = [
     ("stage1", S1 + f" {TINY_S1} {IMF} {{data_missing_image}}", ["1 line", "9.png"], []),
     ("stage1", S1 + f" {TINY_S1} {IMF} {{data_number_caption}}", ["line 3", "caption"], []),
     ("stage1", S1 + f" {TINY_S1} {IMF} {{data_unreadable}}", ["could be read"], []),
+    (
+        "stage1",
+        S1 + f" {TINY_S1} {IMF} {{data_no_metadata}}",
+        ["column 'text' not found", "caption_column"],
+        [],
+    ),
+    ("stage1", S1 + f" {TINY_S1} {IMF} {{data_other_column}}", ["column 'text' not found", "caption"], []),
     ("stage1", S1 + f" {TINY_S1} {TINY_DATA} --train.output_dir {{root}}/a_file", ["is a file"], []),
+    (
+        "stage1",
+        S1 + f" {TINY_S1} --train.output_dir {{root}}/a_file/run",
+        ["cannot be made", "is a file"],
+        [],
+    ),
     (
         "stage1",
         S1 + f" {TINY_S1} {TINY_DATA} --train.output_dir {{pipeline}}",
@@ -204,6 +261,15 @@ CASES = [
         ["not a complete checkpoint"],
         ["run", "stage2"],
     ),
+    ("stage1", S1 + f" {TINY_S1} {HF} {{hf_number}}", ["column 'text'", "int64", "strings"], []),
+    ("stage1", S1 + f" {TINY_S1} {HF} {{hf_list}}", ["column 'text'", "list", "strings"], []),
+    ("stage1", S1 + f" {TINY_S1} {HF} {{hf_number}} --data.streaming true", ["int64", "strings"], []),
+    (
+        "stage1",
+        S1 + f" {TINY_S1} --data.source hf --data.path json --data.data_files {{root}}/mixed.jsonl",
+        ["column 'text'", "json", "strings"],
+        [],
+    ),
     # stage-2 training
     ("stage2", S2 + " --sampling.temperature -1", ["temperature"], []),
     ("stage2", S2 + " --sampling.top_k 0", ["top_k"], []),
@@ -213,20 +279,26 @@ CASES = [
     ("stage2", S2 + " --loss.image_weight inf", ["image_weight", "finite"], []),
     ("stage2", S2 + " --model.num_layers 0", ["num_layers"], []),
     ("stage2", S2 + " --tokenizer.vocab_size 10", ["vocab_size"], []),
+    ("stage2", S2 + " --tokenizer.text_len 10000000", ["text_len", "4096"], []),
+    ("stage2", S2 + " --model.hidden_size 1000000", ["hidden_size", "16384"], []),
+    ("stage2", S2 + " --model.num_layers 100000", ["num_layers", "256"], []),
     ("stage2", S2 + " --codes.batch_size 0", ["codes.batch_size"], []),
     ("stage2", S2 + " --vqvae {root}/nowhere", ["not a folder"], []),
     ("stage2", S2 + " --vqvae {stage2}/transformer", ["llama"], ["stage2"]),
     ("stage2", S2 + " --vqvae {truncated}", ["safetensors"], []),
+    ("stage2", S2 + " --vqvae someone/x", ["someone/x", "not a folder"], []),
     ("stage2", S2 + f" {TINY_DATA2} --train.output_dir {{pipeline}}", ["no training run"], ["pipeline"]),
     ("stage2", S2 + f" {TINY_DATA2} --train.output_dir {{stage2}}", ["no training run"], ["stage2"]),
     ("stage2", S2 + f" {TINY_DATA2} --train.output_dir {{run}}", ["already holds a run"], ["run"]),
     ("stage2", S2 + f" {IMF} {{data_empty_captions}}", ["captions", "empty"], []),
     ("stage2", S2 + f" {IMF} {{data_missing_image}}", ["9.png"], []),
+    ("stage2", S2 + f" {HF} {{hf_none}}", ["captions", "empty"], []),
     ("stage2", S2 + f" {TINY_DATA2} --tokenizer.path {{cut_tokenizer}}", ["tokenizer"], []),
     # evaluation
     ("eval1", E1 + " --model {root}/nowhere", ["does not exist"], []),
     ("eval1", E1 + " --model someone/x", ["no such folder"], []),
     ("eval1", E1 + " --model {stage2}/transformer", ["llama"], ["stage2"]),
+    ("eval1", E1 + " --model {wider}", ["do not fit", "another shape"], ["wider"]),
     ("eval1", E1 + " --batch_size 0", ["batch_size"], []),
     ("eval1", E1 + " --output_json {root}/a_file/m.json", ["output_json", "not a folder"], ["stage1"]),
     ("eval1", E1 + " --output_json {stage1}", ["output_json", "folder"], ["stage1"]),
@@ -264,6 +336,8 @@ CASES = [
     ("generate", GEN + " --model {root}/nowhere", ["does not exist"], []),
     ("generate", GEN + " --model {unverified}", ["stage1_fingerprint", "--allow-unverified"], ["unverified"]),
     ("generate", GEN + " --model {deeper}", ["do not fit"], ["deeper"]),
+    ("generate", GEN + " --model {shallower}", ["do not fit"], ["shallower"]),
+    ("generate", GEN + " --model someone/x", ["no such folder"], []),
 ]
 
 
@@ -272,6 +346,7 @@ def fill(template: str, world: dict, out: Path, cache: Path) -> list[str]:
 
     names = {k: v for k, v in world.items() if isinstance(v, Path)}
     names.update({f"data_{k}": v for k, v in world["data"].items()})
+    names.update({f"hf_{k}": v for k, v in world["hf"].items()})
     return shlex.split(template.format(out=out, cache=cache, **names))
 
 
@@ -295,7 +370,36 @@ def test_user_mistake(
     for word in words:
         assert word.lower() in lines[0].lower(), lines[0]
     assert {name: tree_hash(world[name]) for name in protected} == before
-    assert not (out / "checkpoints").exists() and not any(out.rglob("*.safetensors"))
+    assert not out.exists()
+
+
+def test_read_only_output_folder_is_refused_before_work(tmp_path):
+    """A real process; as root (who may write anywhere) it runs without the capability to override
+    file permissions, as any other user would."""
+    import shutil
+
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    as_user = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: a read-only folder cannot be made")
+        caps = "-dac_override,-dac_read_search"
+        as_user = ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}"]
+    cache = tmp_path / "cache"
+    argv = [*S1.format(out=locked / "run", cache=cache).split(), *TINY_S1.split()]
+    result = subprocess.run(
+        [*as_user, sys.executable, "stage1_vqvae/train.py", *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:") or "Traceback" in line]
+    assert result.returncode == 2 and len(errors) == 1, result.stderr[-3000:]
+    assert "not writable" in errors[0] and str(locked) in errors[0]
+    assert not cache.exists()  # refused before the data was made
 
 
 def test_debug_shows_the_traceback(world, monkeypatch):
