@@ -220,9 +220,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--precision",
         choices=["auto", "bf16", "fp16", "fp32"],
-        default="auto",
-        help="auto (default, as the tiny configs' train.mixed_precision): bf16 where the device computes it "
-        "natively (CUDA with bf16, a CPU with AVX512-BF16 or AMX), else fp32",
+        help="default: bf16 on cuda, fp32 on cpu (the configs' precisions); auto, as train.mixed_precision "
+        "auto: bf16 where the device computes it natively (CUDA with bf16, a CPU with AVX512-BF16 or AMX)",
     )
     p.add_argument("--steps", type=int, help="timed steps (default: 20 on cuda, 3 on cpu)")
     p.add_argument("--warmup", type=int, help="untimed steps first (default: 3 on cuda, 1 on cpu)")
@@ -244,6 +243,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--one", nargs=2, metavar=("STAGE", "SIZE"), help=argparse.SUPPRESS)  # child process
     args = p.parse_args(argv)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.precision = args.precision or ("bf16" if args.device == "cuda" else "fp32")
     if args.precision == "auto":
         args.precision = (
             "fp32" if resolve_mixed_precision("auto", torch.device(args.device)) == "no" else "bf16"

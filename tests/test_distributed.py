@@ -27,8 +27,7 @@ from tests.procs import assert_same_weights, marker, max_difference, run, start,
 STAGE1_LR, STAGE2_LR = 2e-3, 1.5e-3
 
 STAGE1 = flags(
-    "--config configs/stage1_tiny.yaml --train.mixed_precision no "  # fp32: results exact across runs
-    "--data.builtin_train_size 256 --data.builtin_eval_size 32 "
+    "--config configs/stage1_tiny.yaml --data.builtin_train_size 256 --data.builtin_eval_size 32 "
     "--model.base_channels 8 --model.codebook_size 32 --train.warmup_steps 2 --train.log_every 2 "
     "--train.eval_every 0 --train.image_every 0 --train.checkpoint_every 0 --train.report_to none "
     f"--num_eval_images 32 --train.learning_rate {STAGE1_LR} "
@@ -37,8 +36,7 @@ STAGE1 = flags(
 )
 
 STAGE2 = flags(
-    "--config configs/stage2_tiny.yaml --train.mixed_precision no "  # fp32: results exact across runs
-    "--data.builtin_train_size 256 --data.builtin_eval_size 32 "
+    "--config configs/stage2_tiny.yaml --data.builtin_train_size 256 --data.builtin_eval_size 32 "
     "--tokenizer.vocab_size 300 --model.hidden_size 32 --model.num_layers 2 --model.num_heads 2 "
     "--train.warmup_steps 2 --train.log_every 2 --train.eval_every 3 --train.image_every 0 "
     "--train.checkpoint_every 0 --train.report_to none --num_eval_examples 32 "

@@ -24,8 +24,7 @@ from tests.procs import assert_same_weights, marker, run, start, wait_for, weigh
 STAGE1 = "stage1_vqvae/train.py"
 STAGE2 = "stage2_transformer/train.py"
 TINY = flags(
-    "--config configs/stage1_tiny.yaml --train.mixed_precision no "  # fp32: results exact across runs
-    "--data.builtin_train_size 256 --data.builtin_eval_size 32 "
+    "--config configs/stage1_tiny.yaml --data.builtin_train_size 256 --data.builtin_eval_size 32 "
     "--model.base_channels 8 --model.codebook_size 32 --train.batch_size 8 --train.warmup_steps 2 "
     "--train.log_every 2 --train.eval_every 0 --train.image_every 0 --train.report_to none "
     "--codebook.kmeans_batches 1 --codebook.restart_every 2 --num_eval_images 32"
@@ -188,8 +187,7 @@ def stage2_tiny(tmp_path, cache, out, *extra):
         torch.manual_seed(0)
         VQVAE(VQVAEConfig(resolution=32, base_channels=8, codebook_size=32)).save_pretrained(vqvae)
     settings = flags(
-        "--config configs/stage2_tiny.yaml --train.mixed_precision no "  # fp32: results exact across runs
-        "--data.builtin_train_size 256 --data.builtin_eval_size 32 "
+        "--config configs/stage2_tiny.yaml --data.builtin_train_size 256 --data.builtin_eval_size 32 "
         "--tokenizer.vocab_size 300 --model.hidden_size 32 --model.num_layers 2 --model.num_heads 2 "
         "--train.batch_size 8 --train.log_every 2 --train.eval_every 0 --train.image_every 0 "
         "--train.report_to none --num_eval_examples 32"

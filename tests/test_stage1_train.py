@@ -16,8 +16,7 @@ from tests.conftest import flags, launch, read_metrics
 
 TRAIN = "stage1_vqvae/train.py"
 TINY = flags(
-    "--config configs/stage1_tiny.yaml --train.mixed_precision no "  # fp32: results exact across runs
-    "--data.builtin_train_size 256 --data.builtin_eval_size 32 "
+    "--config configs/stage1_tiny.yaml --data.builtin_train_size 256 --data.builtin_eval_size 32 "
     "--model.base_channels 8 --model.codebook_size 32 --train.batch_size 8 --train.warmup_steps 2 "
     "--train.log_every 2 --train.eval_every 4 --train.image_every 4 --train.checkpoint_every 4 "
     "--train.report_to tensorboard --codebook.restart_every 2 --codebook.kmeans_batches 1 --num_eval_images 32"

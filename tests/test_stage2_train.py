@@ -35,8 +35,7 @@ def vqvae_dir(tmp_path_factory):
 
 TRAIN = "stage2_transformer/train.py"
 TINY = flags(
-    "--config configs/stage2_tiny.yaml --train.mixed_precision no "  # fp32: results exact across runs
-    "--data.builtin_train_size 256 --data.builtin_eval_size 32 "
+    "--config configs/stage2_tiny.yaml --data.builtin_train_size 256 --data.builtin_eval_size 32 "
     "--tokenizer.vocab_size 300 --model.hidden_size 32 --model.num_layers 2 --model.num_heads 2 "
     "--train.batch_size 8 --train.warmup_steps 2 --train.log_every 2 --train.eval_every 4 --train.image_every 4 "
     "--train.checkpoint_every 4 --train.learning_rate 3e-3 --sampling.num_captions 2 "
