@@ -21,8 +21,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator, PartialState
-from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin, set_seed
+from accelerate import Accelerator
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    GradientAccumulationPlugin,
+    parse_flag_from_env,
+    set_seed,
+)
 from tqdm.auto import tqdm
 
 from minidalle.checkpoints import (
@@ -48,6 +53,14 @@ def step_generator(seed: int, step: int, salt: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step * 7919 + salt) % (2**63 - 1))
 
 
+def launch_device() -> torch.device:
+    """The device type Accelerate will train on, known before it is set up: CUDA when present unless the
+    launch asked for the CPU (``accelerate launch --cpu`` sets ACCELERATE_USE_CPU). Asking Accelerate's
+    own state instead would initialise it before the Accelerator, which then misses the process group."""
+    use_cuda = torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU")
+    return torch.device("cuda" if use_cuda else "cpu")
+
+
 class TrainingRun:
     """One launch of a train script: the accelerator, the step count, checkpoints, logs and stopping.
 
@@ -63,7 +76,7 @@ class TrainingRun:
             num_steps=tcfg.gradient_accumulation_steps, sync_with_dataloader=False
         )
         self.accelerator = Accelerator(
-            mixed_precision=resolve_mixed_precision(tcfg.mixed_precision, PartialState().device),
+            mixed_precision=resolve_mixed_precision(tcfg.mixed_precision, launch_device()),
             log_with=None if tcfg.report_to == "none" else tcfg.report_to,
             project_dir=str(self.output_dir),
             gradient_accumulation_plugin=accumulation,
