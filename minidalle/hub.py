@@ -55,14 +55,16 @@ def model_fingerprint(model_dir: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def fingerprint_matches(model_dir: str | Path, recorded: str | None) -> bool:
-    """True when ``recorded`` is the model's fingerprint, or the digest of its files' bytes that records
-    written before content fingerprints hold (so runs and pipelines made then still verify)."""
+def fingerprint_matches(model_dir: str | Path, recorded: str | None, fingerprint: str | None = None) -> bool:
+    """True when ``recorded`` is the model's fingerprint (``fingerprint``, when the caller has it already),
+    or the digest of its files' bytes that records written before content fingerprints hold (so runs and
+    pipelines made then still verify)."""
+    if recorded is None:
+        return False
     folder = Path(model_dir)
-    return recorded is not None and recorded in (
-        model_fingerprint(folder),
-        file_fingerprint(folder / CONFIG_NAME, folder / WEIGHTS_NAME),
-    )
+    if recorded == (fingerprint or model_fingerprint(folder)):
+        return True
+    return recorded == file_fingerprint(folder / CONFIG_NAME, folder / WEIGHTS_NAME)
 
 
 def is_hub_repo_id(name_or_path: str | Path) -> bool:

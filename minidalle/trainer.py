@@ -96,9 +96,9 @@ class TrainingRun:
             )
         self.resuming = tcfg.resume_from_checkpoint is not None
         self.resume_path = resolve_resume(self.output_dir, tcfg.resume_from_checkpoint)
-        check_output_dir(
-            self.output_dir, self.resuming
-        )  # a folder it must not use: refused before data is read
+        # A folder the run must not use is refused now, before any data is read; claim_output_dir checks
+        # again right before the first write, once every process has looked.
+        check_output_dir(self.output_dir, self.resuming)
         self.step = 0  # optimizer steps done
         self.guard = NonFiniteGuard(tcfg.max_nonfinite_steps)
         self.metrics_log = MetricsLog(self.output_dir, self.accelerator.is_main_process)

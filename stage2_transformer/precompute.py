@@ -42,15 +42,16 @@ def tokenizer_fingerprint(tokenizer_dir: str | Path) -> str:
     return file_fingerprint(Path(tokenizer_dir) / "tokenizer.json")
 
 
-def check_codes_meta(meta: dict, vqvae_dir: str | Path, codebook_size: int, where: str) -> None:
+def check_codes_meta(
+    meta: dict, vqvae_dir: str | Path, vqvae_fp: str, codebook_size: int, where: str
+) -> None:
     """Stop with a clear message if stored codes were made by another stage-1 model."""
     if meta.get("codebook_size") != codebook_size:
         raise CodesMismatchError(
             f"The codes in {where} use a codebook of {meta.get('codebook_size')} entries, but the stage-1 "
             f"model has {codebook_size}. Re-encode with this model (drop codes.path) or use the model that made them."
         )
-    if not fingerprint_matches(vqvae_dir, meta.get("vqvae_fingerprint")):
-        vqvae_fp = model_fingerprint(vqvae_dir)
+    if not fingerprint_matches(vqvae_dir, meta.get("vqvae_fingerprint"), vqvae_fp):
         raise CodesMismatchError(
             f"The codes in {where} were made by another stage-1 model (fingerprint "
             f"{meta.get('vqvae_fingerprint')}, this one is {vqvae_fp}, made from {meta.get('vqvae_path')!r}). "
@@ -122,7 +123,7 @@ def precompute_codes(
     final = Path(cache_root) / f"{split}-{key}"
     if (final / META_FILE).is_file():
         meta = json.loads((final / META_FILE).read_text())
-        check_codes_meta(meta, vqvae_dir, vqvae.config.codebook_size, str(final))
+        check_codes_meta(meta, vqvae_dir, vqvae_fp, vqvae.config.codebook_size, str(final))
         logger.info("Reusing pre-encoded %s codes from %s (%d rows)", split, final, meta["num_rows"])
         return datasets.load_from_disk(str(final / "data"))
 
@@ -184,5 +185,5 @@ def load_codes_dir(path: str | Path, vqvae_dir: str | Path, codebook_size: int):
     if not (folder / META_FILE).is_file():
         raise FileNotFoundError(f"{folder} holds no pre-encoded codes (no {META_FILE}).")
     meta = json.loads((folder / META_FILE).read_text())
-    check_codes_meta(meta, vqvae_dir, codebook_size, str(folder))
+    check_codes_meta(meta, vqvae_dir, model_fingerprint(vqvae_dir), codebook_size, str(folder))
     return datasets.load_from_disk(str(folder / "data")), meta

@@ -55,7 +55,8 @@ def check_stage1_matches_run(output_dir: Path, vqvae_dir: str, fingerprint: str,
     record = read_stage1_record(output_dir)
     if record is None:
         return
-    if not fingerprint_matches(vqvae_dir, record["fingerprint"]) or record["codebook_size"] != codebook_size:
+    same_model = fingerprint_matches(vqvae_dir, record["fingerprint"], fingerprint)
+    if not same_model or record["codebook_size"] != codebook_size:
         raise CodesMismatchError(
             f"This run was trained on codes from the stage-1 model {describe(record)} (fingerprint "
             f"{record['fingerprint']}, {record['codebook_size']} codes), but `vqvae` now points at {vqvae_dir!r} "
