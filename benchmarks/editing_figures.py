@@ -85,7 +85,9 @@ def _caption_without_colour(shape: str, position: str) -> str:
     return full.replace("red ", "")
 
 
-def negative_prompt_figures(pipe: MiniDallePipeline, n: int, seed: int) -> dict:
+def negative_prompt_figures(
+    pipe: MiniDallePipeline, n: int, seed: int, negative_scale: float | None = None
+) -> dict:
     captions = [_caption_without_colour(s, p) for s, p in OPEN_COLOUR]
     plain = pipe(captions, num_images_per_prompt=n, seed=seed, batch_size=n * len(captions))
     read = [read_attributes(im) for im in plain.images]
@@ -97,7 +99,12 @@ def negative_prompt_figures(pipe: MiniDallePipeline, n: int, seed: int) -> dict:
         negatives.append(make_caption(ShapeAttributes(colour, shape, position, "large")))
         rows.append({"caption": captions[i], "negated_colour": colour, "negative_prompt": negatives[-1]})
     steered = pipe(
-        captions, num_images_per_prompt=n, seed=seed, batch_size=n * len(captions), negative_prompt=negatives
+        captions,
+        num_images_per_prompt=n,
+        seed=seed,
+        batch_size=n * len(captions),
+        negative_prompt=negatives,
+        negative_scale=negative_scale,
     )
     for name, output in (("without", plain), ("with", steered)):
         found = [read_attributes(im) for im in output.images]
@@ -125,6 +132,13 @@ def negative_prompt_figures(pipe: MiniDallePipeline, n: int, seed: int) -> dict:
         )
     }
     return {"images_per_caption": n, "captions": rows, "mean": summary}
+
+
+def negative_over_seeds(pipe: MiniDallePipeline, n: int, seeds: list[int], args) -> dict:
+    """``negative_prompt_figures`` for each seed, and their mean."""
+    runs = [negative_prompt_figures(pipe, n, seed, args.negative_scale) for seed in seeds]
+    mean = {key: float(np.mean([run["mean"][key] for run in runs])) for key in runs[0]["mean"]}
+    return {"seeds": seeds, "negative_scale": args.negative_scale, "per_seed": runs, "mean": mean}
 
 
 def _cell_box(position: str, resolution: int) -> tuple[int, int, int, int]:
@@ -220,6 +234,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--model", default=str(ROOT / "outputs" / "pipeline_tiny"), help="pipeline folder")
     p.add_argument("--images", type=int, default=16, help="images per caption / edit / input (default 16)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--negative-scale", type=float, help="the contrast's weight (default: the pipeline's)")
+    p.add_argument(
+        "--negative-seeds", type=int, nargs="+", help="negative-prompt figures averaged over these seeds"
+    )
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "editing_figures.json"))
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)
@@ -227,7 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "model": args.model,
         "seed": args.seed,
-        "negative_prompt": negative_prompt_figures(pipe, args.images, args.seed),
+        "negative_prompt": negative_over_seeds(pipe, args.images, args.negative_seeds or [args.seed], args),
         "editing": {
             "empty_cell": editing_figures(pipe, args.images, args.seed, EDITS),
             "replace": editing_figures(pipe, args.images, args.seed, REPLACEMENTS),

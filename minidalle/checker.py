@@ -236,6 +236,19 @@ def checker_scores(rows: list[Hits]) -> dict[str, float]:
     return scores
 
 
+def scores_by_value(
+    rows: list[Hits], targets: Iterable[Target], names: tuple[str, ...] = ("shape", "size")
+) -> dict[str, float]:
+    """All four read right, per value of each attribute in ``names``: {"all_four_pct_size_small": ...}.
+    Where a check falls short, this says which kind of picture it falls short on (small shapes first)."""
+    groups: dict[str, list[Hits]] = {}
+    for row, target in zip(rows, targets, strict=True):
+        expected = _as_attributes(target)
+        for name in names:
+            groups.setdefault(f"all_four_pct_{name}_{getattr(expected, name)}", []).append(row)
+    return {key: checker_scores(group)["all_four_pct"] for key, group in sorted(groups.items())}
+
+
 def score_images(
     images: Iterable[Image.Image | np.ndarray], targets: Iterable[Target], shape_set: ShapeSet = BUILTIN
 ) -> dict[str, float]:

@@ -28,6 +28,7 @@ from minidalle.arguments import check_writable_file
 from minidalle.errors import ArgumentError, OneLineParser, run_main
 from minidalle.images import captioned_grid
 from minidalle.pixels import read_image_file
+from stage2_transformer.sampling import DEFAULT_NEGATIVE_SCALE
 
 from .pipeline import MiniDallePipeline
 
@@ -59,6 +60,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--strength", type=float, help="variations: the share of the image's codes resampled")
     p.add_argument(
         "--negative-prompt", action="append", help="steer away from this caption; once, or once per prompt"
+    )
+    p.add_argument(
+        "--negative-scale",
+        type=float,
+        help=f"weight of the contrast against --negative-prompt (default {DEFAULT_NEGATIVE_SCALE:g}; see the "
+        "README for what more or less does)",
     )
     p.add_argument("--rerank-clip", help="a local CLIPModel folder: keep the best -n of --num-candidates")
     p.add_argument("--num-candidates", type=int)
@@ -110,6 +117,8 @@ def _generate(args: argparse.Namespace) -> int:
         extra["negative_prompt"] = (
             args.negative_prompt[0] if len(args.negative_prompt) == 1 else args.negative_prompt
         )
+    if args.negative_scale is not None:
+        extra["negative_scale"] = args.negative_scale
     if args.rerank_clip:
         from .rerank import ClipReranker
 
@@ -158,6 +167,7 @@ def _generate(args: argparse.Namespace) -> int:
         "images": paths,
         "scores": output.scores,
         "negative_prompt": args.negative_prompt,
+        "negative_scale": args.negative_scale if args.negative_prompt else None,
         "bits_with_caption": output.bits_with_caption,
         "bits_without_caption": output.bits_without_caption,
     }

@@ -42,6 +42,7 @@ from .settings import (
     check_candidates,
     check_completion,
     check_negative_prompts,
+    check_negative_scale,
     check_prompts,
     check_total,
 )
@@ -210,6 +211,7 @@ class MiniDallePipeline:
         batch_size = settings.batch_size
         if batch_size is None:
             batch_size = min(len(prompts) * per_prompt, cfg.batch_size)
+        negative = check_negative_prompts(settings.negative_prompt, len(prompts), guidance_scale)
         images, keep_rows = check_completion(
             settings.image,
             settings.keep_rows,
@@ -228,7 +230,10 @@ class MiniDallePipeline:
             seed=check_seed(settings.seed, len(prompts)),
             batch_size=check_int("batch_size", batch_size, 1, cfg.max_batch_size),
             return_codes=bool(settings.return_codes),
-            negative_prompt=check_negative_prompts(settings.negative_prompt, len(prompts), guidance_scale),
+            negative_prompt=negative,
+            negative_scale=check_negative_scale(
+                settings.negative_scale, negative, sampling.DEFAULT_NEGATIVE_SCALE
+            ),
             image=images,
             keep_rows=keep_rows,
             strength=None if settings.strength is None else check_strength(settings.strength),
@@ -298,6 +303,7 @@ class MiniDallePipeline:
                 negative_text_ids=None if negative_ids is None else negative_ids[index].to(device),  # (b, T)
                 on_row=self._row_reporter(on_row, start, batch, len(starts), first_row, fixed, mask),
                 guidance_plausibility=self.config.guidance_plausibility,
+                negative_scale=run.negative_scale,
             )  # (b, h, w)
             all_codes.append(codes.cpu())
         return torch.cat(all_codes)  # (N, h, w)

@@ -19,6 +19,7 @@ from minidalle.errors import ArgumentError
 MAX_PROMPTS = 1024
 MAX_IMAGES_PER_PROMPT = 256
 MAX_IMAGES_PER_CALL = 4096  # prompts x images (or candidates) per prompt
+MAX_NEGATIVE_SCALE = 1000.0  # past this the contrast swamps the caption's own logits entirely
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,8 @@ class GenerationSettings:
     return_codes: bool = False  # PipelineOutput.codes: the (N, h, w) image codes
     # Fills the unconditional half of guidance instead of the empty caption: one, or one per prompt.
     negative_prompt: str | Sequence[str] | None = None
+    # The weight of the contrast against the negative prompt (None: sampling.DEFAULT_NEGATIVE_SCALE).
+    negative_scale: float | None = None
     # An input image (one for all prompts, or one per prompt) and which of its codes to resample, by
     # exactly one of: keep_rows (completion: keep the first rows, sample the rest), box (editing:
     # (x0, y0, x1, y1) in the image's pixels) or strength (variations: the share of codes resampled).
@@ -80,6 +83,20 @@ def check_negative_prompts(negative, num_prompts: int, guidance_scale: float) ->
             f"negative_prompt must be one string or one per prompt ({num_prompts}); got {len(negative)}."
         )
     return list(negative)
+
+
+def check_negative_scale(scale, negative: list[str] | None, default: float) -> float:
+    """The weight of the contrast against the negative prompt: a number in (0, MAX_NEGATIVE_SCALE]."""
+    if scale is None:
+        return default
+    if negative is None:
+        raise ArgumentError("negative_scale weighs the negative prompt: give negative_prompt too.")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= MAX_NEGATIVE_SCALE:
+        raise ArgumentError(
+            f"negative_scale must be a number in (0, {MAX_NEGATIVE_SCALE:g}], got {scale!r} "
+            f"(default {default:g})."
+        )
+    return float(scale)
 
 
 def check_completion(

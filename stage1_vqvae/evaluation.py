@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from minidalle.checker import checker_scores
+from minidalle.checker import checker_scores, scores_by_value
 from minidalle.pixels import tensor_to_pil
 from stage1_vqvae.model import VQVAE, psnr
 
@@ -25,7 +25,7 @@ def evaluate_reconstruction(
     model.eval()
     K = model.config.codebook_size
     counts = torch.zeros(K, dtype=torch.float64)
-    psnr_sum, seen, checked = 0.0, 0, []
+    psnr_sum, seen, checked, targets = 0.0, 0, [], []
     elapsed = 0.0
     for batch in dataloader:
         pixels = batch["pixels"].to(device)  # (B, 3, H, W)
@@ -46,7 +46,8 @@ def evaluate_reconstruction(
         counts += torch.bincount(codes.flatten().cpu(), minlength=K).double()
         psnr_sum += psnr(reconstruction, pixels).sum().item()
         if checker is not None:
-            checked += checker(tensor_to_pil(reconstruction), batch["text"][: pixels.shape[0]])
+            targets += batch["text"][: pixels.shape[0]]
+            checked += checker(tensor_to_pil(reconstruction), targets[len(checked) :])
         seen += pixels.shape[0]
     if seen == 0:
         raise ValueError("No evaluation image could be read.")
@@ -61,4 +62,5 @@ def evaluate_reconstruction(
     }
     if checker is not None:
         metrics.update(checker_scores(checked))
+        metrics.update(scores_by_value(checked, targets))  # per shape and size: small shapes lose first
     return metrics

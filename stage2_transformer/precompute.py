@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from minidalle import data as data_lib
 from minidalle.errors import ModelFolderError
@@ -60,8 +61,23 @@ def check_codes_meta(
         )
 
 
-def _encode_shard(hf_shard, vqvae, tokenizer, text_len: int, resolution: int, batch_size: int, device):
-    """datasets.map over one shard: images -> codes, captions -> ids. Unreadable images are dropped."""
+def shifted_views(pixels: torch.Tensor, shift: int) -> torch.Tensor:
+    """(B, C, H, W) -> (5, B, C, H, W): the images, then each moved ``shift`` pixels right, left, down and
+    up, the edge pixels repeated into the space left behind (not wrapped round: a shape cut by one border
+    must not reappear at the other)."""
+    height, width = pixels.shape[-2:]
+    padded = F.pad(pixels, (shift, shift, shift, shift), mode="replicate")  # (B, C, H + 2s, W + 2s)
+    offsets = ((0, 0), (shift, 0), (-shift, 0), (0, shift), (0, -shift))  # (dx, dy)
+    return torch.stack(
+        [padded[..., shift - dy : shift - dy + height, shift - dx : shift - dx + width] for dx, dy in offsets]
+    )
+
+
+def _encode_shard(
+    hf_shard, vqvae, tokenizer, text_len: int, resolution: int, batch_size: int, device, shift_pixels: int = 0
+):
+    """datasets.map over one shard: images -> codes, captions -> ids. Unreadable images are dropped.
+    With ``shift_pixels``, five rows per image (``shifted_views``), all with the image's caption."""
 
     def encode_batch(batch):
         pixels, captions = [], []
@@ -75,12 +91,16 @@ def _encode_shard(hf_shard, vqvae, tokenizer, text_len: int, resolution: int, ba
                 )
         if not pixels:
             return {"codes": [], "text_ids": [], "text": []}
+        images = torch.stack(pixels)  # (B, 3, H, W)
+        if shift_pixels:
+            images = shifted_views(images, shift_pixels).flatten(0, 1)  # (5B, 3, H, W), view-major
+            captions = captions * 5
         with torch.no_grad():
-            codes = vqvae.encode(torch.stack(pixels).to(device))  # (B, h, w)
-        codes = codes.flatten(1).cpu().numpy().astype(np.uint16)  # (B, h*w)
+            codes = vqvae.encode(images.to(device))  # (B', h, w)
+        codes = codes.flatten(1).cpu().numpy().astype(np.uint16)  # (B', h*w)
         text_ids = (
             encode_captions(tokenizer, captions, text_len, warn=False).numpy().astype(np.int32)
-        )  # (B, T)
+        )  # (B', T)
         return {"codes": list(codes), "text_ids": list(text_ids), "text": captions}
 
     return hf_shard.map(
@@ -105,8 +125,10 @@ def precompute_codes(
     split: str,
     batch_size: int,
     accelerator,
+    shift_pixels: int = 0,
 ):
-    """Encode ``hf_dataset`` (image, text) to codes, or reuse a stored result. Returns a datasets.Dataset."""
+    """Encode ``hf_dataset`` (image, text) to codes, or reuse a stored result. Returns a datasets.Dataset.
+    ``shift_pixels`` > 0: five rows per image, see ``shifted_views``."""
     import datasets
 
     vqvae_fp = model_fingerprint(vqvae_dir)
@@ -119,6 +141,8 @@ def precompute_codes(
         "text_len": text_len,
         "resolution": resolution,
     }
+    if shift_pixels:  # only then, so that codes stored before this option keep their key
+        key_parts["shift_pixels"] = shift_pixels
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:16]
     final = Path(cache_root) / f"{split}-{key}"
     if (final / META_FILE).is_file():
@@ -133,7 +157,9 @@ def precompute_codes(
     if not (shard_dir / "done").is_file():
         shard = hf_dataset.shard(num_shards=world, index=rank, contiguous=True)
         vqvae.to(accelerator.device).eval()
-        encoded = _encode_shard(shard, vqvae, tokenizer, text_len, resolution, batch_size, accelerator.device)
+        encoded = _encode_shard(
+            shard, vqvae, tokenizer, text_len, resolution, batch_size, accelerator.device, shift_pixels
+        )
         fault_point("precompute_before_save", rank)  # test hooks (MINIDALLE_FAULTS): "step" is the rank
         tmp = shard_dir.with_name(shard_dir.name + ".tmp")
         if tmp.exists():
@@ -167,12 +193,14 @@ def precompute_codes(
             "grid_h": vqvae.config.grid_size,
             "grid_w": vqvae.config.grid_size,
             "num_rows": len(merged),
-            "skipped_images": len(hf_dataset) - len(merged),
+            "skipped_images": len(hf_dataset) - len(merged) // (5 if shift_pixels else 1),  # rows per image
         }
         (tmp_final / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         os.replace(tmp_final, final)
         shutil.rmtree(work, ignore_errors=True)
-        logger.info("Pre-encoded %d %s images to %s", len(merged), split, final)
+        per_image = 5 if shift_pixels else 1
+        views = " (5 shifted views each)" if shift_pixels else ""
+        logger.info("Pre-encoded %d %s images%s to %s", len(merged) // per_image, split, views, final)
     accelerator.wait_for_everyone()
     return datasets.load_from_disk(str(final / "data"))
 

@@ -10,6 +10,8 @@ from minidalle.train_config import TrainConfig
 from stage2_transformer.model import TransformerConfig
 from stage2_transformer.sampling import check_sampling_args
 
+MAX_SHIFT_PIXELS = 8  # more moves a small picture's content across the caption's words ("at the left")
+
 MAX_TEXT_LEN = 4096  # caption tokens per sequence; captions here are a sentence or two
 MAX_TEXT_VOCAB = 1 << 20
 MAX_SAMPLED_CAPTIONS = 256  # a grid of more is unreadable and slows every image_every step
@@ -50,9 +52,15 @@ class CodesConfig:
     train_path: str | None = None  # or: a folder of codes written earlier (checked against `vqvae`)
     eval_path: str | None = None
     batch_size: int = 256  # images per stage-1 forward pass while pre-encoding
+    # s > 0: each training image is also encoded shifted s pixels right, left, down and up (edge pixels
+    # repeated), five code sequences per caption. The codes of a picture change with its sub-patch
+    # offset; with one sequence per image the prior learns those sequences by heart instead of what the
+    # caption says (README: held-out ablations). Never applied to the eval split.
+    shift_pixels: int = 0
 
     def __post_init__(self) -> None:
         check_int("codes.batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
+        check_int("codes.shift_pixels", self.shift_pixels, 0, MAX_SHIFT_PIXELS)
 
 
 @dataclass

@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
                 split=split,
                 batch_size=cfg.codes.batch_size,
                 accelerator=accelerator,
+                shift_pixels=cfg.codes.shift_pixels if split == "train" else 0,
             )
     layout = SequenceLayout(
         text_len=cfg.tokenizer.text_len,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from minidalle.checker import attributes_right, checker_scores, read_attributes, score_images
+from minidalle.checker import attributes_right, checker_scores, read_attributes, score_images, scores_by_value
 from minidalle.shape_attributes import ATTRIBUTE_NAMES, ShapeAttributes
 from minidalle.shape_sets import BUILTIN
 from minidalle.shapes import generate_examples
@@ -98,3 +98,19 @@ def test_scores_are_percentages_of_all_images_with_undetected_ones_wrong():
     assert scores["color_pct"] == 100.0 / 3 and scores["shape_pct"] == 100.0 * 2 / 3
     assert scores["all_four_pct"] == 100.0 / 3 and scores["attributes_pct"] == 100.0 * 7 / 12
     assert checker_scores([])["all_four_pct"] == 0.0
+
+
+def test_scores_by_value_splits_all_four_by_shape_and_size():
+    targets = [
+        ShapeAttributes("red", "circle", "top left", "small"),
+        ShapeAttributes("red", "circle", "top left", "large"),
+        ShapeAttributes("blue", "square", "center", "small"),
+        ShapeAttributes("blue", "square", "center", "small"),
+    ]
+    rows = [(True, True, True, True), (True, False, True, True), None, (True, True, True, True)]
+    assert scores_by_value(rows, targets) == {
+        "all_four_pct_shape_circle": 50.0,
+        "all_four_pct_shape_square": 50.0,  # a picture with no shape found counts as wrong
+        "all_four_pct_size_large": 0.0,
+        "all_four_pct_size_small": pytest.approx(200 / 3),
+    }

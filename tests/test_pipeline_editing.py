@@ -12,6 +12,7 @@ from PIL import Image
 
 from pipeline.generate import main as generate_main
 from stage2_transformer.sampling import (
+    DEFAULT_NEGATIVE_SCALE,
     NEGATIVE_PLAUSIBILITY,
     guided_logits,
     image_token_log_likelihood,
@@ -57,6 +58,25 @@ def test_negative_prompt_is_a_third_guided_half(tiny_pipe):
         [PROMPT, "a blue star"], seed=[4, 5], negative_prompt=[negative, "a red square"], return_codes=True
     )
     assert torch.equal(both.codes[0], out.codes[0])
+    # the contrast's weight is the caller's: the default by name gives the same images, another weight others
+    same = tiny_pipe(
+        PROMPT,
+        num_images_per_prompt=2,
+        seed=4,
+        negative_prompt=negative,
+        return_codes=True,
+        negative_scale=DEFAULT_NEGATIVE_SCALE,
+    )
+    assert torch.equal(same.codes, out.codes)
+    weak = tiny_pipe(
+        PROMPT,
+        num_images_per_prompt=2,
+        seed=4,
+        negative_prompt=negative,
+        return_codes=True,
+        negative_scale=0.5,
+    )
+    assert not torch.equal(weak.codes, out.codes)
 
 
 def test_guidance_toward_the_words_a_negative_shares_with_the_caption_is_kept():
@@ -80,6 +100,12 @@ def test_guidance_toward_the_words_a_negative_shares_with_the_caption_is_kept():
         ({"negative_prompt": ["a", "b"]}, r"one string or one per prompt \(1\); got 2"),
         ({"negative_prompt": 3}, r"negative_prompt must be a string"),
         ({"negative_prompt": "a red circle", "guidance_scale": 1.0}, r"set guidance_scale != 1"),
+        ({"negative_scale": 4.0}, r"give negative_prompt too"),
+        (
+            {"negative_prompt": "a red circle", "negative_scale": 0},
+            r"negative_scale must be a number in \(0, 1000\]",
+        ),
+        ({"negative_prompt": "a red circle", "negative_scale": "8"}, r"negative_scale must be a number"),
         ({"box": (0, 0, 4, 4)}, r"box needs an image"),
         ({"image": Image.new("RGB", (32, 32)), "box": (0, 0, 4, 4), "keep_rows": 2}, r"exactly one of"),
         ({"image": Image.new("RGB", (32, 32)), "box": (0, 0, 40, 4)}, r"outside the 32x32 image"),
@@ -198,9 +224,10 @@ def test_generate_command_edits_varies_and_records_bits(tiny_pipeline_dir, pictu
     base = ["--model", str(tiny_pipeline_dir), "--image", str(tmp_path / "in.png"), "--seed", "0", "-n", "2"]
     out = tmp_path / "edit.png"
     args = [*base, "--prompt", PROMPT, "--box", "0", "0", "16", "16", "--negative-prompt", "a green heart"]
-    assert generate_main([*args, "--out", str(out)]) == 0
+    assert generate_main([*args, "--negative-scale", "16", "--out", str(out)]) == 0
     record = json.loads(out.with_suffix(".json").read_text())
     assert len(record["bits_with_caption"]) == 2 and record["negative_prompt"] == ["a green heart"]
+    assert record["negative_scale"] == 16
     assert all(b > 0 for b in record["bits_without_caption"])
     assert generate_main([*base, "--prompt", "", "--strength", "0.3", "--out", str(tmp_path / "v.png")]) == 0
     assert generate_main([*base, "--prompt", PROMPT, "--box", "0", "0", "99", "4"]) == 2
@@ -219,8 +246,23 @@ def test_editing_figures_benchmark_runs_and_writes_json(tiny_pipeline_dir, tmp_p
     spec.loader.exec_module(bench)
     out = tmp_path / "figures.json"
     with pytest.warns(UserWarning):  # the tiny model reads 8 tokens: the built-in captions are cut
-        result = bench.main(["--model", str(tiny_pipeline_dir), "--images", "2", "--out", str(out)])
+        result = bench.main(
+            [
+                "--model",
+                str(tiny_pipeline_dir),
+                "--images",
+                "2",
+                "--out",
+                str(out),
+                "--negative-seeds",
+                "0",
+                "1",
+            ]
+            + ["--negative-scale", "16"]
+        )
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    negative = result["negative_prompt"]
+    assert negative["seeds"] == [0, 1] and negative["negative_scale"] == 16 and len(negative["per_seed"]) == 2
     assert set(result["negative_prompt"]["mean"]) == {
         "negated_colour_pct_without",
         "negated_colour_pct_with",

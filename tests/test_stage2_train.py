@@ -183,3 +183,31 @@ def test_caption_dropout_happens_in_training(tmp_path, vqvae_dir, shapes_cache):
     launch(TRAIN, *tiny_args(vqvae_dir, shapes_cache, tmp_path / "codes", out, settings))
     rates = [m["train/caption_dropout"] for m in read_metrics(out) if "train/caption_dropout" in m]
     assert abs(sum(rates) / len(rates) - 0.5) < 0.1  # 320 draws
+
+
+def test_shifted_views_move_the_picture_and_repeat_its_edges():
+    from stage2_transformer.precompute import shifted_views
+
+    image = torch.arange(16.0).reshape(1, 1, 4, 4)  # (B, C, H, W)
+    views = shifted_views(image, 1)  # (5, B, C, H, W): as is, right, left, down, up
+    assert views.shape == (5, 1, 1, 4, 4) and torch.equal(views[0], image)
+    assert torch.equal(views[1][..., 1:], image[..., :-1]) and torch.equal(views[1][..., 0], image[..., 0])
+    assert torch.equal(views[2][..., :-1], image[..., 1:]) and torch.equal(views[2][..., -1], image[..., -1])
+    assert torch.equal(views[3][..., 1:, :], image[..., :-1, :]) and torch.equal(
+        views[4][..., :-1, :], image[..., 1:, :]
+    )
+
+
+def test_shift_pixels_encodes_five_views_of_each_training_image(tmp_path, vqvae_dir, shapes_cache):
+    codes = tmp_path / "codes"
+    launch(
+        TRAIN,
+        *tiny_args(
+            vqvae_dir, shapes_cache, codes, tmp_path / "run", "--train.max_steps 2 --codes.shift_pixels 1"
+        ),
+    )
+    train_meta = json.loads(next(codes.glob("train-*/codes_meta.json")).read_text())
+    eval_meta = json.loads(next(codes.glob("validation-*/codes_meta.json")).read_text())
+    assert train_meta["shift_pixels"] == 1 and train_meta["num_rows"] == 5 * 256
+    assert train_meta["skipped_images"] == 0
+    assert "shift_pixels" not in eval_meta and eval_meta["num_rows"] == 32  # held-out data stays as it is
