@@ -92,9 +92,9 @@ def _encode_shard(
         if not pixels:
             return {"codes": [], "text_ids": [], "text": []}
         images = torch.stack(pixels)  # (B, 3, H, W)
-        if shift_pixels:
-            images = shifted_views(images, shift_pixels).flatten(0, 1)  # (5B, 3, H, W), view-major
-            captions = captions * 5
+        if shift_pixels:  # image-major, so that the rows do not depend on how the data is batched or sharded
+            images = shifted_views(images, shift_pixels).transpose(0, 1).flatten(0, 1)  # (5B, 3, H, W)
+            captions = [caption for caption in captions for _ in range(5)]
         with torch.no_grad():
             codes = vqvae.encode(images.to(device))  # (B', h, w)
         codes = codes.flatten(1).cpu().numpy().astype(np.uint16)  # (B', h*w)
