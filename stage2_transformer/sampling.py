@@ -37,7 +37,7 @@ from .static_cache_decoding import StaticCacheDecoder
 DEFAULT_GUIDANCE_PLAUSIBILITY = 0.05
 # With a negative prompt: the weight of the contrast between the caption and the negative one, and the
 # plausibility cut's least value. See guided_logits.
-DEFAULT_NEGATIVE_SCALE = 8.0
+DEFAULT_NEGATIVE_SCALE = 32.0
 NEGATIVE_PLAUSIBILITY = 0.1
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
@@ -224,7 +224,9 @@ def guided_logits(
     to 62% right. And why not ``- s * (negative - uncond)``: that pushes away from the shared words too
     (worse on both counts). ``cond - negative`` is near zero wherever the two captions agree and large
     only where the negative differs (its colour), so it needs the larger weight. This form, with the cut
-    below: 79% right, and the negated colour in 8% of the images (73.7% without a negative).
+    below, on the demo model of the shipped recipe (seeds 0-5): the negated colour in 0.0% of the images
+    at weight 32 and 12.8% at 8 (63.0% without a negative), shape, position and size right 75.0% and
+    75.8% (73.4% without).
 
     Only codes the conditional model finds plausible are kept (probability at least ``plausibility``
     times the top code's; the "adaptive plausibility" cut of contrastive decoding): guidance amplifies
