@@ -134,11 +134,13 @@ def negative_prompt_figures(
     return {"images_per_caption": n, "captions": rows, "mean": summary}
 
 
-def negative_over_seeds(pipe: MiniDallePipeline, n: int, seeds: list[int], args) -> dict:
+def negative_over_seeds(
+    pipe: MiniDallePipeline, n: int, seeds: list[int], negative_scale: float | None
+) -> dict:
     """``negative_prompt_figures`` for each seed, and their mean."""
-    runs = [negative_prompt_figures(pipe, n, seed, args.negative_scale) for seed in seeds]
+    runs = [negative_prompt_figures(pipe, n, seed, negative_scale) for seed in seeds]
     mean = {key: float(np.mean([run["mean"][key] for run in runs])) for key in runs[0]["mean"]}
-    return {"seeds": seeds, "negative_scale": args.negative_scale, "per_seed": runs, "mean": mean}
+    return {"seeds": seeds, "negative_scale": negative_scale, "per_seed": runs, "mean": mean}
 
 
 def _cell_box(position: str, resolution: int) -> tuple[int, int, int, int]:
@@ -245,7 +247,9 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "model": args.model,
         "seed": args.seed,
-        "negative_prompt": negative_over_seeds(pipe, args.images, args.negative_seeds or [args.seed], args),
+        "negative_prompt": negative_over_seeds(
+            pipe, args.images, args.negative_seeds or [args.seed], args.negative_scale
+        ),
         "editing": {
             "empty_cell": editing_figures(pipe, args.images, args.seed, EDITS),
             "replace": editing_figures(pipe, args.images, args.seed, REPLACEMENTS),

@@ -32,6 +32,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+
+from pipeline.sharing import run_record  # noqa: E402
+from scripts.demo_heldout import main as demo_heldout  # noqa: E402
 
 # name -> (stage-2 overrides, sampling overrides); one change from the tiny configs each.
 RUNS: dict[str, tuple[list[str], list[str]]] = {
@@ -100,22 +104,15 @@ def train_and_assemble(
 
 
 def final_eval(run_dir: Path) -> dict:
-    """The last eval record of a stage-2 run's metrics.jsonl (held-out bits per image)."""
-    last = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if "eval/bits_per_image" in record:
-            last = record
+    """The run's latest held-out bits per image, as its model card reads them."""
+    figures = run_record(run_dir).get("figures", {})
     return {
-        "bits_per_image": last.get("eval/bits_per_image"),
-        "bits_per_image_empty_caption": last.get("eval/bits_per_image_empty_caption"),
+        "bits_per_image": figures.get("eval/bits_per_image"),
+        "bits_per_image_empty_caption": figures.get("eval/bits_per_image_empty_caption"),
     }
 
 
 def score(pipe_dir: Path, sampling: list[str], out: Path, args: argparse.Namespace) -> dict:
-    sys.path.insert(0, str(ROOT))
-    from scripts.demo_heldout import main as demo_heldout
-
     argv = ["--model", str(pipe_dir), "--data", args.data, "--out", str(out)]
     argv += [
         "--num-captions",
@@ -183,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
         pipe_dir, seconds = train_and_assemble(base, overrides, args)
         results[name] = {
             "change": overrides + sampling,
-            "train_seconds": seconds if overrides or name == "baseline" else None,
+            "train_seconds": seconds if base == name else None,  # a sampling-only run trained nothing
             **final_eval(pipe_dir.parent / "stage2"),
             "scores": score(pipe_dir, sampling, out / name / "heldout", args),
         }

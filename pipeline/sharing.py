@@ -67,7 +67,7 @@ def push_folder(
     return str(getattr(info, "commit_url", info))
 
 
-def _run_record(run_dir: Path) -> dict:
+def run_record(run_dir: Path) -> dict:
     """What a training run folder tells: its config, its last step, its latest non-training figures."""
     record: dict = {"folder": str(run_dir)}
     config = run_dir / "run_config.json"
@@ -91,7 +91,7 @@ def _runs(config: PipelineConfig) -> dict[str, dict]:
         path = Path(source)
         run_dir = path.parent if path.name == "vqvae" else path  # stage 1 records its vqvae/ folder
         if run_dir.is_dir():
-            runs[stage] = _run_record(run_dir)
+            runs[stage] = run_record(run_dir)
     return runs
 
 

@@ -46,8 +46,9 @@ def evaluate_reconstruction(
         counts += torch.bincount(codes.flatten().cpu(), minlength=K).double()
         psnr_sum += psnr(reconstruction, pixels).sum().item()
         if checker is not None:
-            targets += batch["text"][: pixels.shape[0]]
-            checked += checker(tensor_to_pil(reconstruction), targets[len(checked) :])
+            texts = batch["text"][: pixels.shape[0]]
+            checked += checker(tensor_to_pil(reconstruction), texts)
+            targets += texts
         seen += pixels.shape[0]
     if seen == 0:
         raise ValueError("No evaluation image could be read.")

@@ -61,16 +61,18 @@ def check_codes_meta(
         )
 
 
+# (dx, dy) of each view of a picture with codes.shift_pixels: as it is, then moved right, left, down, up
+SHIFT_DIRECTIONS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
+
+
 def shifted_views(pixels: torch.Tensor, shift: int) -> torch.Tensor:
     """(B, C, H, W) -> (5, B, C, H, W): the images, then each moved ``shift`` pixels right, left, down and
     up, the edge pixels repeated into the space left behind (not wrapped round: a shape cut by one border
     must not reappear at the other)."""
     height, width = pixels.shape[-2:]
     padded = F.pad(pixels, (shift, shift, shift, shift), mode="replicate")  # (B, C, H + 2s, W + 2s)
-    offsets = ((0, 0), (shift, 0), (-shift, 0), (0, shift), (0, -shift))  # (dx, dy)
-    return torch.stack(
-        [padded[..., shift - dy : shift - dy + height, shift - dx : shift - dx + width] for dx, dy in offsets]
-    )
+    tops_lefts = [(shift - dy * shift, shift - dx * shift) for dx, dy in SHIFT_DIRECTIONS]
+    return torch.stack([padded[..., top : top + height, left : left + width] for top, left in tops_lefts])
 
 
 def _encode_shard(
@@ -94,7 +96,7 @@ def _encode_shard(
         images = torch.stack(pixels)  # (B, 3, H, W)
         if shift_pixels:  # image-major, so that the rows do not depend on how the data is batched or sharded
             images = shifted_views(images, shift_pixels).transpose(0, 1).flatten(0, 1)  # (5B, 3, H, W)
-            captions = [caption for caption in captions for _ in range(5)]
+            captions = [caption for caption in captions for _ in SHIFT_DIRECTIONS]
         with torch.no_grad():
             codes = vqvae.encode(images.to(device))  # (B', h, w)
         codes = codes.flatten(1).cpu().numpy().astype(np.uint16)  # (B', h*w)
@@ -178,6 +180,7 @@ def precompute_codes(
         shard_dirs = [d for d in shard_dirs if (d / "done").is_file()]
         if len(shard_dirs) != world:
             raise RuntimeError(f"Pre-encoding finished {len(shard_dirs)} of {world} shards in {work}.")
+        per_image = len(SHIFT_DIRECTIONS) if shift_pixels else 1  # rows stored per picture
         merged = datasets.concatenate_datasets([datasets.load_from_disk(str(d)) for d in shard_dirs])
         if len(merged) == 0:
             raise data_lib.NoUsableDataError(f"No image of the {split} split could be encoded.")
@@ -193,13 +196,12 @@ def precompute_codes(
             "grid_h": vqvae.config.grid_size,
             "grid_w": vqvae.config.grid_size,
             "num_rows": len(merged),
-            "skipped_images": len(hf_dataset) - len(merged) // (5 if shift_pixels else 1),  # rows per image
+            "skipped_images": len(hf_dataset) - len(merged) // per_image,
         }
         (tmp_final / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         os.replace(tmp_final, final)
         shutil.rmtree(work, ignore_errors=True)
-        per_image = 5 if shift_pixels else 1
-        views = " (5 shifted views each)" if shift_pixels else ""
+        views = f" ({per_image} shifted views each)" if shift_pixels else ""
         logger.info("Pre-encoded %d %s images%s to %s", len(merged) // per_image, split, views, final)
     accelerator.wait_for_everyone()
     return datasets.load_from_disk(str(final / "data"))
