@@ -30,12 +30,19 @@ def upscale(image: Image.Image, min_side: int) -> Image.Image:
 
 
 def reconstruction_grid(
-    inputs: list[Image.Image], reconstructions: list[Image.Image], min_side: int = 96
+    inputs: list[Image.Image],
+    reconstructions: list[Image.Image],
+    min_side: int = 96,
+    columns: int | None = None,
 ) -> Image.Image:
-    """Inputs in the top row, their reconstructions below."""
-    columns = len(inputs)
-    tiles = [upscale(im, min_side) for im in inputs + reconstructions]
-    return make_grid(tiles, columns)
+    """Inputs in a row, their reconstructions in the row below; bands of ``columns`` images (default all)."""
+    columns = columns or len(inputs)
+    tiles = []
+    for start in range(0, len(inputs), columns):
+        band_inputs, band_outputs = inputs[start : start + columns], reconstructions[start : start + columns]
+        blank = [Image.new("RGB", inputs[0].size, (255, 255, 255))] * (columns - len(band_inputs))
+        tiles += band_inputs + blank + band_outputs + blank
+    return make_grid([upscale(im, min_side) for im in tiles], columns)
 
 
 def captioned_grid(

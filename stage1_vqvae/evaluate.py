@@ -3,7 +3,9 @@
     python -m stage1_vqvae.evaluate --model outputs/stage1_tiny/vqvae --config configs/stage1_tiny.yaml
 
 Reads the data section of the (training) config, so the held-out split is the one the model never
-trained on. Prints a table and writes JSON (``--output_json``, default ``<model>/eval_metrics.json``).
+trained on. Prints a table and writes JSON (``--output_json``, default ``<model>/eval_metrics.json``)
+and a grid of the first ``--grid_images`` held-out images above their reconstructions
+(``reconstructions.png`` beside the JSON; 0 writes none).
 On the built-in shapes data, or a folder written by ``python -m minidalle.make_shapes``, it also
 reports how often the attribute checker reads colour, shape, position and size from the
 reconstructions (with the set's palette) as the captions state them (``all_four_pct``,
@@ -26,7 +28,9 @@ from minidalle.checker import attributes_right
 from minidalle.config import parse_config
 from minidalle.devices import allow_tf32_on_cuda
 from minidalle.errors import run_main
+from minidalle.images import reconstruction_grid
 from minidalle.make_shapes import shape_set_of_data
+from minidalle.pixels import tensor_to_pil
 from minidalle.report import report_metrics
 from stage1_vqvae.evaluation import evaluate_reconstruction
 from stage1_vqvae.model import VQVAE
@@ -39,15 +43,28 @@ class Stage1EvalConfig:
     max_images: int = 512
     batch_size: int = 64
     output_json: str | None = None
+    grid_images: int = 16
 
     def __post_init__(self) -> None:
         check_int("max_images", self.max_images, 1, None)
+        check_int("grid_images", self.grid_images, 0, 256)
         check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
 
 
 # Keys of a training config (configs/stage1_*.yaml) that evaluation does not read: the same file
 # serves both commands.
 TRAINING_ONLY_KEYS = ("train", "codebook", "num_eval_images", "num_grid_images")
+
+
+@torch.no_grad()
+def write_reconstruction_grid(model: VQVAE, dataset, count: int, device, path: Path) -> None:
+    """The first ``count`` held-out images, bands of 8, each above its reconstruction."""
+    batch = data_lib.collate_image_captions([dataset[i] for i in range(min(count, len(dataset)))])
+    pixels = batch["pixels"].to(device)  # (n, 3, H, W)
+    reconstruction = model.decode_codes(model.encode(pixels))  # (n, 3, H, W)
+    grid = reconstruction_grid(tensor_to_pil(pixels), tensor_to_pil(reconstruction), columns=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -68,6 +85,8 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = evaluate_reconstruction(model, loader, device, max_images=cfg.max_images, checker=checker)
     metrics = {"split": cfg.data.eval_split, "codebook_size": model.config.codebook_size, **metrics}
     out = Path(cfg.output_json) if cfg.output_json else Path(cfg.model) / "eval_metrics.json"
+    if cfg.grid_images:
+        write_reconstruction_grid(model, dataset, cfg.grid_images, device, out.parent / "reconstructions.png")
     report_metrics(
         metrics, f"VQ-VAE {cfg.model} on {cfg.data.source} data, split {cfg.data.eval_split!r}", out
     )

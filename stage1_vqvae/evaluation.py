@@ -9,14 +9,14 @@ import torch
 
 from minidalle.checker import checker_scores, scores_by_value
 from minidalle.pixels import tensor_to_pil
-from stage1_vqvae.model import VQVAE, psnr
+from stage1_vqvae.model import VQVAE, psnr, ssim
 
 
 @torch.no_grad()
 def evaluate_reconstruction(
     model: VQVAE, dataloader, device, max_images: int | None = None, checker=None
 ) -> dict:
-    """Returns mean PSNR (dB), codebook usage (% of codes used on these images), perplexity, images/s.
+    """Returns mean PSNR (dB), SSIM, codebook usage (% of codes used on these images), perplexity, images/s.
 
     ``checker``: ``minidalle.checker.attributes_right`` on the built-in shapes data, or None; with it,
     the metrics also hold how often the attributes read from the reconstructions agree with the
@@ -25,7 +25,7 @@ def evaluate_reconstruction(
     model.eval()
     K = model.config.codebook_size
     counts = torch.zeros(K, dtype=torch.float64)
-    psnr_sum, seen, checked, targets = 0.0, 0, [], []
+    psnr_sum, ssim_sum, seen, checked, targets = 0.0, 0.0, 0, [], []
     elapsed = 0.0
     for batch in dataloader:
         pixels = batch["pixels"].to(device)  # (B, 3, H, W)
@@ -45,6 +45,7 @@ def evaluate_reconstruction(
         elapsed += time.perf_counter() - start
         counts += torch.bincount(codes.flatten().cpu(), minlength=K).double()
         psnr_sum += psnr(reconstruction, pixels).sum().item()
+        ssim_sum += ssim(reconstruction, pixels).sum().item()
         if checker is not None:
             texts = batch["text"][: pixels.shape[0]]
             checked += checker(tensor_to_pil(reconstruction), texts)
@@ -57,6 +58,7 @@ def evaluate_reconstruction(
     metrics = {
         "images": seen,
         "psnr_db": psnr_sum / seen,
+        "ssim": ssim_sum / seen,
         "codebook_usage_pct": 100.0 * (counts > 0).sum().item() / K,
         "perplexity": math.exp(entropy),
         "images_per_s": seen / max(elapsed, 1e-9),

@@ -163,3 +163,36 @@ def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-image PSNR in dB for images in [-1, 1] (peak-to-peak 2): (B,)."""
     mse = (reconstruction.float() - target.float()).pow(2).flatten(1).mean(1)  # (B,)
     return 10 * torch.log10(4.0 / mse.clamp_min(1e-10))
+
+
+def ssim(
+    reconstruction: torch.Tensor, target: torch.Tensor, window: int = 11, sigma: float = 1.5
+) -> torch.Tensor:
+    """Per-image SSIM (Wang et al. 2004) for images in [-1, 1]: (B,).
+
+    Computed on [0, 1] values with the paper's 11x11 Gaussian window (sigma 1.5), constants
+    (0.01)^2 and (0.03)^2, per channel, averaged over the valid positions and the channels.
+    Written here because torchvision does not import beside this torch and one formula does not
+    warrant torchmetrics.
+    """
+    x = (reconstruction.float() + 1) / 2  # (B, C, H, W)
+    y = (target.float() + 1) / 2
+    channels = x.shape[1]
+    window = min(window, x.shape[-1], x.shape[-2])
+    offsets = torch.arange(window, dtype=torch.float32, device=x.device) - (window - 1) / 2
+    weights_1d = torch.exp(-offsets.square() / (2 * sigma**2))
+    weights_1d = weights_1d / weights_1d.sum()
+    kernel = (weights_1d[:, None] * weights_1d[None, :]).expand(channels, 1, window, window)  # (C, 1, k, k)
+
+    def blur(image: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(image, kernel, groups=channels)  # (B, C, H-k+1, W-k+1)
+
+    mean_x, mean_y = blur(x), blur(y)
+    var_x = blur(x * x) - mean_x.square()
+    var_y = blur(y * y) - mean_y.square()
+    cov = blur(x * y) - mean_x * mean_y
+    c1, c2 = 0.01**2, 0.03**2
+    index = ((2 * mean_x * mean_y + c1) * (2 * cov + c2)) / (
+        (mean_x.square() + mean_y.square() + c1) * (var_x + var_y + c2)
+    )
+    return index.flatten(1).mean(1)  # (B,)

@@ -10,7 +10,7 @@ import torch
 from minidalle.config import ConfigError
 from minidalle.hub import CONFIG_NAME, WEIGHTS_NAME, file_fingerprint, fingerprint_matches, model_fingerprint
 from stage1_vqvae.config import VQVAEConfig
-from stage1_vqvae.model import VQVAE, psnr
+from stage1_vqvae.model import VQVAE, psnr, ssim
 from stage1_vqvae.quantizer import VectorQuantizer
 
 
@@ -208,6 +208,21 @@ def test_psnr():
     assert psnr(a, a).item() > 90
     b = a + 0.2  # mse 0.04 on a peak-to-peak range of 2 -> 10 log10(4 / 0.04) = 20 dB
     assert abs(psnr(b, a).item() - 20.0) < 1e-4
+
+
+def test_ssim_matches_its_closed_forms():
+    image = torch.rand(2, 3, 16, 16) * 2 - 1
+    assert torch.allclose(ssim(image, image), torch.ones(2), atol=1e-5)
+    # Two flat images a and b (in [0, 1]): no variance, so SSIM = (2ab + c1) / (a^2 + b^2 + c1).
+    a, b, c1 = 0.2, 0.7, 0.01**2
+    flat_a, flat_b = torch.full((1, 3, 16, 16), 2 * a - 1), torch.full((1, 3, 16, 16), 2 * b - 1)
+    assert ssim(flat_a, flat_b).item() == pytest.approx((2 * a * b + c1) / (a * a + b * b + c1), rel=2e-3)
+    # An inverted image keeps its means' term near 1 and turns its structure term negative.
+    stripes = torch.zeros(1, 3, 16, 16)
+    stripes[..., ::2] = 1.0
+    assert ssim(stripes - 0.5, 0.5 - stripes).item() < 0
+    noisy = (image + 0.3 * torch.randn_like(image)).clamp(-1, 1)
+    assert (ssim(noisy, image) < ssim((image + 0.05 * torch.randn_like(image)).clamp(-1, 1), image)).all()
 
 
 def test_invalid_config_is_rejected():

@@ -61,6 +61,9 @@ def test_train_writes_checkpoints_grids_logs_and_model(tmp_path, shapes_cache):
     assert (
         json.loads((tmp_path / "eval.json").read_text())["codebook_usage_pct"] == report["codebook_usage_pct"]
     )
+    assert 0 < report["ssim"] <= 1
+    # 16 held-out images in two bands of 8: inputs above reconstructions, four rows of 96 px tiles
+    assert Image.open(tmp_path / "reconstructions.png").size == (8 * 98 + 2, 4 * 98 + 2)
 
 
 def test_resume_continues_exactly(tmp_path, shapes_cache):
