@@ -28,11 +28,9 @@ from minidalle.checker import attributes_right
 from minidalle.config import parse_config
 from minidalle.devices import allow_tf32_on_cuda
 from minidalle.errors import run_main
-from minidalle.images import reconstruction_grid
 from minidalle.make_shapes import shape_set_of_data
-from minidalle.pixels import tensor_to_pil
 from minidalle.report import report_metrics
-from stage1_vqvae.evaluation import evaluate_reconstruction
+from stage1_vqvae.evaluation import evaluate_reconstruction, reconstructions_grid
 from stage1_vqvae.model import VQVAE
 
 
@@ -56,15 +54,11 @@ class Stage1EvalConfig:
 TRAINING_ONLY_KEYS = ("train", "codebook", "num_eval_images", "num_grid_images")
 
 
-@torch.no_grad()
 def write_reconstruction_grid(model: VQVAE, dataset, count: int, device, path: Path) -> None:
     """The first ``count`` held-out images, bands of 8, each above its reconstruction."""
     batch = data_lib.collate_image_captions([dataset[i] for i in range(min(count, len(dataset)))])
-    pixels = batch["pixels"].to(device)  # (n, 3, H, W)
-    reconstruction = model.decode_codes(model.encode(pixels))  # (n, 3, H, W)
-    grid = reconstruction_grid(tensor_to_pil(pixels), tensor_to_pil(reconstruction), columns=8)
     path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
+    reconstructions_grid(model, batch["pixels"].to(device), columns=8).save(path)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -6,8 +6,10 @@ import math
 import time
 
 import torch
+from PIL import Image
 
 from minidalle.checker import checker_scores, scores_by_value
+from minidalle.images import reconstruction_grid
 from minidalle.pixels import tensor_to_pil
 from stage1_vqvae.model import VQVAE, psnr, ssim
 
@@ -67,3 +69,10 @@ def evaluate_reconstruction(
         metrics.update(checker_scores(checked))
         metrics.update(scores_by_value(checked, targets))  # per shape and size: small shapes lose first
     return metrics
+
+
+@torch.no_grad()
+def reconstructions_grid(model: VQVAE, pixels: torch.Tensor, columns: int | None = None) -> Image.Image:
+    """``pixels`` (n, 3, H, W) in rows above their reconstructions: the training run's and evaluate's grid."""
+    reconstruction = model.decode_codes(model.encode(pixels))  # (n, 3, H, W)
+    return reconstruction_grid(tensor_to_pil(pixels), tensor_to_pil(reconstruction), columns=columns)

@@ -27,12 +27,10 @@ from minidalle.checkpoints import read_marker
 from minidalle.config import ConfigError, parse_config
 from minidalle.distributed import gather_rows, unwrap
 from minidalle.errors import run_main
-from minidalle.images import reconstruction_grid
 from minidalle.metrics_log import device_memory_metrics, format_metrics
-from minidalle.pixels import tensor_to_pil
 from minidalle.trackers import log_image
 from minidalle.trainer import TrainingRun, step_generator
-from stage1_vqvae.evaluation import evaluate_reconstruction
+from stage1_vqvae.evaluation import evaluate_reconstruction, reconstructions_grid
 from stage1_vqvae.model import VQVAE, psnr
 from stage1_vqvae.run_config import Stage1RunConfig
 
@@ -43,8 +41,7 @@ logger = logging.getLogger("stage1_vqvae.train")
 def log_reconstructions(run: TrainingRun, model, grid_pixels) -> None:
     """Inputs above, reconstructions below: a grid on disk and in the run's trackers."""
     model.eval()
-    reconstruction = model.decode_codes(model.encode(grid_pixels))  # (n, 3, H, W)
-    grid = reconstruction_grid(tensor_to_pil(grid_pixels), tensor_to_pil(reconstruction))
+    grid = reconstructions_grid(model, grid_pixels)
     (run.output_dir / "images").mkdir(exist_ok=True)
     grid.save(run.output_dir / "images" / f"reconstructions-{run.step:06d}.png")
     log_image(run.accelerator, "reconstructions", grid, run.step)
