@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
         choices=sorted(SHAPE_SETS),
         help="the shape set: its held-out captions, or the palette that reads --data",
     )
+    parser.add_argument("--dtype", help="the transformer's precision: fp32 or bf16 (default: the pipeline's)")
     parser.add_argument("--temperature", type=float, help="default: the pipeline's")
     parser.add_argument("--top-k", type=int, help="default: the pipeline's")
     parser.add_argument(
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.data:  # data mistakes fail before the model is loaded
         shape_set = shape_set or load_shape_set(args.data) or BUILTIN
         targets, truths = heldout_of_folder(args.data, shape_set, args.num_captions)
-    pipe = MiniDallePipeline.from_pretrained(args.model)
+    pipe = MiniDallePipeline.from_pretrained(args.model, dtype=args.dtype)
     if args.guidance_plausibility is not None:
         pipe.config = dataclasses.replace(pipe.config, guidance_plausibility=args.guidance_plausibility)
     sampling = {

@@ -18,6 +18,10 @@ from minidalle.hub import PretrainedMixin
 from stage1_vqvae.config import VQVAEConfig
 from stage1_vqvae.quantizer import QuantizerOutput, VectorQuantizer
 
+# Floats of the widest full-resolution activation per chunk of images encoded or decoded on a CPU:
+# 8 MiB, 32 demo-size images (VQVAE._cpu_chunks).
+CPU_CHUNK_FLOATS = 1 << 21
+
 
 def _norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups=math.gcd(32, channels), num_channels=channels, eps=1e-6)
@@ -131,7 +135,7 @@ class VQVAE(PretrainedMixin, nn.Module):
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels (B, 3, H, W) in [-1, 1] -> codes (B, h, w), integer ids in raster order."""
-        return self.quantizer.codes(self.encoder(pixels))  # (B, h, w)
+        return torch.cat([self.quantizer.codes(self.encoder(part)) for part in self._cpu_chunks(pixels)])
 
     @torch.no_grad()
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
@@ -142,7 +146,19 @@ class VQVAE(PretrainedMixin, nn.Module):
             )
         dtype = next(self.decoder.parameters()).dtype
         z_q = self.quantizer.lookup(codes.long()).to(dtype)  # (B, D, h, w)
-        return self.decoder(z_q).clamp(-1, 1)
+        return torch.cat([self.decoder(part).clamp(-1, 1) for part in self._cpu_chunks(z_q)])  # (B, 3, H, W)
+
+    def _cpu_chunks(self, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The pieces of ``batch`` (B, ...) that ``encode`` and ``decode_codes`` run at once: the whole batch
+        except on a CPU, where a few dozen images at a time keep each layer's activations in the caches:
+        at the demo size, 2048 images encode 1.8x and 200 decode 1.3x faster in chunks of 32 than in
+        batches of 256 and 200, with the same codes, and pixels equal up to float rounding (oneDNN may
+        pick its kernels by batch size; tests/test_stage1_model.py).
+        """
+        if batch.device.type != "cpu":
+            return (batch,)
+        widest = max(self.config.channel_multipliers) * self.config.base_channels
+        return batch.split(max(1, CPU_CHUNK_FLOATS // (widest * self.config.resolution**2)))
 
     def loss(self, pixels: torch.Tensor, output: VQVAEOutput) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Reconstruction (MSE, which PSNR measures, plus L1 for sharper edges) + VQ terms."""

@@ -13,7 +13,8 @@ Randomness: ``generator`` is ``None`` (global RNG), one ``torch.Generator`` for 
 of B generators, one per sample. With a list, each sample draws only from its own stream, so a batch of
 prompts gives the same codes as the same prompts sampled one by one with the same seeds (up to
 floating-point differences between batch sizes in the forward pass, which in practice do not change the
-sampled tokens).
+sampled tokens). Each CPU generator's variates are drawn many steps at a time (``noise.py``): the same
+codes as one ``torch.multinomial`` call per image and step, in B calls per many steps instead of per step.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from minidalle.errors import ArgumentError
 from .decoding import KVDecoder
 from .layout import SequenceLayout
 from .model import cache_keyword, forward_accepts
+from .noise import NoiseStreams
 from .static_cache_decoding import StaticCacheDecoder
 
 # With guidance, codes whose conditional probability is below this fraction of the most likely
@@ -101,6 +103,8 @@ def sample_image_codes(
     start = sampled_at.index(True)  # first code index to sample
     last = h * w - 1 - sampled_at[::-1].index(True)  # no forward pass is needed after it
     partial = not mask[:, start:].all()  # some positions after start are fixed
+    if temperature != 0 and batch > 1 and NoiseStreams.supports(generators):  # per-image streams, drawn ahead
+        generators = NoiseStreams(generators, num_steps=sum(sampled_at[start:]))
     boi = torch.full((batch, 1), layout.boi_id, dtype=torch.long, device=device)  # (B, 1)
     seq = torch.cat([text_ids, boi, codes[:, :start] + layout.image_offset], dim=1)  # (B, T+1+k*w)
     guided = guidance_scale != 1.0
@@ -257,7 +261,7 @@ def _sample(
     temperature: float,
     top_k: int | None,
     top_p: float | None,
-    generators: torch.Generator | list[torch.Generator] | None,
+    generators: torch.Generator | list[torch.Generator] | NoiseStreams | None,
 ) -> torch.Tensor:
     """One code per row from float32 ``logits`` (B, K) -> (B,)."""
     if temperature == 0:
@@ -274,7 +278,9 @@ def _sample(
         sorted_logits = sorted_logits.masked_fill(mass_before > top_p, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = logits.softmax(dim=-1)  # (B, K)
-    if isinstance(generators, list):  # one stream per sample
+    if isinstance(generators, NoiseStreams):
+        return generators.sample(probs)  # (B,)
+    if isinstance(generators, list):  # one stream per sample (CUDA generators; CPU ones go to NoiseStreams)
         picks = [
             torch.multinomial(probs[b : b + 1].to(g.device), 1, generator=g).to(probs.device)
             for b, g in enumerate(generators)

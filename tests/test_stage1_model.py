@@ -114,6 +114,22 @@ def test_encode_decode_round_trip_is_consistent():
         model.decode_codes(torch.full((1, 8, 8), 64))
 
 
+def test_cpu_chunks_give_the_codes_and_pixels_of_one_pass(monkeypatch):
+    torch.manual_seed(0)
+    model = VQVAE(tiny_config()).eval()
+    codes = torch.randint(0, 64, (7, 8, 8))
+    pixels = torch.rand(7, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        decoded = model.decoder(model.quantizer.lookup(codes)).clamp(-1, 1)  # (7, 3, 32, 32)
+        encoded = model.quantizer.codes(model.encoder(pixels))  # (7, 8, 8)
+        monkeypatch.setattr("stage1_vqvae.model.CPU_CHUNK_FLOATS", 3 * 32 * 32 * 32)  # 3 images per chunk
+        assert [len(part) for part in model._cpu_chunks(codes)] == [3, 3, 1]
+        torch.testing.assert_close(
+            model.decode_codes(codes), decoded, atol=1e-5, rtol=0
+        )  # kernels differ by batch
+        assert torch.equal(model.encode(pixels), encoded)
+
+
 def test_save_load_round_trip(tmp_path):
     torch.manual_seed(0)
     model = VQVAE(tiny_config()).eval()

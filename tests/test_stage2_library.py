@@ -327,7 +327,10 @@ def test_kv_cache_matches_full_recompute(model, kwargs, cache_implementation):
         ({}, torch.bfloat16, 0.1),
     ],
 )
-def test_kv_decoder_logits_equal_the_models_own_forward(cfg, dtype, atol):
+@pytest.mark.parametrize("matmul_attention", [False, True])  # SDPA, or the large-batch CPU path
+def test_kv_decoder_logits_equal_the_models_own_forward(monkeypatch, cfg, dtype, atol, matmul_attention):
+    if matmul_attention:
+        monkeypatch.setattr("stage2_transformer.decoding.MATMUL_ATTENTION_MIN_BATCH", 1)
     torch.manual_seed(1)
     model = build_transformer(
         TransformerConfig(hidden_size=32, num_layers=2, num_heads=4, initializer_range=0.3), LAYOUT

@@ -1,0 +1,30 @@
+"""benchmarks/text_to_image_speed.py: captions to pixels, this tree against an earlier commit's library."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.procs import ROOT
+from tests.test_train_benchmark import git_worktrees, load_benchmark
+
+
+def test_times_codes_and_decode_of_both_trees_and_reports_the_speedup(tmp_path, capsys):
+    bench = load_benchmark("text_to_image_speed")
+    out = tmp_path / "t2i.json"
+    worktrees_before = git_worktrees()
+    args = ["--baseline-ref", "HEAD", "--batch", "3", "--repeats", "1", "--threads", "1", "--out", str(out)]
+    report = bench.main(args)
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    assert [row["guidance_scale"] for row in report["results"]] == [1.0, 3.0]
+    for row in report["results"]:
+        (timed,) = row["rounds"]
+        assert timed["this_tree"]["library"] == str(ROOT)
+        assert timed["baseline"]["library"] != str(ROOT)  # the commit's library, from its worktree
+        for side in timed.values():
+            assert side["batch"] == 3 and side["codes_s"] > 0 and side["decode_s"] > 0
+            assert side["seconds"] == pytest.approx(side["codes_s"] + side["decode_s"])
+        assert row["speedup"] == pytest.approx(row["images_per_s"] / row["baseline_images_per_s"])
+    assert "speedup" in capsys.readouterr().out
+    assert git_worktrees() == worktrees_before  # the baseline's worktree is removed
