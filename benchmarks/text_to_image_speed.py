@@ -21,17 +21,20 @@ version of the library since 12cfd47. The baseline always runs in float32 (its C
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere; a timed tree goes before it (time_one_setting)
+
+from benchmarks.worktree import checked_out  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -120,37 +123,15 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(time_one_setting(Path(args.one[0]), float(args.one[1]), args)))
         return {}
     scales = [1.0, args.guidance_scale]
-    with tempfile.TemporaryDirectory() as tmp:
-        baseline_tree = Path(tmp) / "baseline"
-        if args.baseline_ref:
-            subprocess.run(
-                [
-                    "git",
-                    "-C",
-                    str(ROOT),
-                    "worktree",
-                    "add",
-                    "--detach",
-                    str(baseline_tree),
-                    args.baseline_ref,
-                ],
-                check=True,
-                capture_output=True,
-            )
-        try:
-            rows = []
-            for scale in scales:
-                rounds = []
-                for _ in range(args.rounds):
-                    base = measure(baseline_tree, scale, args, "fp32") if args.baseline_ref else None
-                    rounds.append((base, measure(ROOT, scale, args, args.dtype)))
-                rows.append(summarise(scale, rounds))
-                report = write_report(args, rows)
-        finally:
-            if args.baseline_ref:
-                subprocess.run(
-                    ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline_tree)], check=False
-                )
+    with checked_out(args.baseline_ref) if args.baseline_ref else contextlib.nullcontext() as baseline_tree:
+        rows = []
+        for scale in scales:
+            rounds = []
+            for _ in range(args.rounds):
+                base = measure(baseline_tree, scale, args, "fp32") if baseline_tree else None
+                rounds.append((base, measure(ROOT, scale, args, args.dtype)))
+            rows.append(summarise(scale, rounds))
+            report = write_report(args, rows)
     print_table(args, rows)
     return report
 

@@ -30,7 +30,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -40,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 from benchmarks.model_sizes import SIZES, stage1_setting, stage2_setting  # noqa: E402
+from benchmarks.worktree import checked_out  # noqa: E402
 from minidalle.devices import allow_tf32_on_cuda, resolve_mixed_precision  # noqa: E402
 from stage1_vqvae.model import VQVAE  # noqa: E402
 from stage2_transformer.loss import weighted_lm_loss  # noqa: E402
@@ -312,25 +312,16 @@ def compare_with_baseline(args: argparse.Namespace) -> dict:
     """Each setting timed with the baseline commit's benchmark, then this tree's, ``--rounds`` times over:
     both sides see the same machine at nearly the same moment, so the ratio holds where absolute
     figures from different runs (or machines of one kind, 2-3x apart) would not."""
-    with tempfile.TemporaryDirectory() as tmp:
-        tree = Path(tmp) / "baseline"
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), args.baseline_ref],
-            check=True,
-            capture_output=True,
-        )
-        try:
-            pairs = []
-            for size in args.sizes:
-                for stage in args.stages:
-                    runs = [
-                        (run_setting(args, stage, size, tree, baseline=True), run_setting(args, stage, size))
-                        for _ in range(args.rounds)
-                    ]
-                    pairs.append(summarise_pair(stage, size, runs))
-                    report = write_report(args, pairs)
-        finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
+    with checked_out(args.baseline_ref) as tree:
+        pairs = []
+        for size in args.sizes:
+            for stage in args.stages:
+                runs = [
+                    (run_setting(args, stage, size, tree, baseline=True), run_setting(args, stage, size))
+                    for _ in range(args.rounds)
+                ]
+                pairs.append(summarise_pair(stage, size, runs))
+                report = write_report(args, pairs)
     print(f"{'stage':>5} {'size':>5} {'baseline ' + args.baseline_ref:>22} {'this tree':>20} {'speedup':>8}")
     for row in pairs:
         if "error" in row:

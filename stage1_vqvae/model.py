@@ -135,7 +135,8 @@ class VQVAE(PretrainedMixin, nn.Module):
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels (B, 3, H, W) in [-1, 1] -> codes (B, h, w), integer ids in raster order."""
-        return torch.cat([self.quantizer.codes(self.encoder(part)) for part in self._cpu_chunks(pixels)])
+        codes = [self.quantizer.codes(self.encoder(part)) for part in self._cpu_chunks(pixels)]
+        return torch.cat(codes)  # (B, h, w)
 
     @torch.no_grad()
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:

@@ -124,9 +124,8 @@ def test_cpu_chunks_give_the_codes_and_pixels_of_one_pass(monkeypatch):
         encoded = model.quantizer.codes(model.encoder(pixels))  # (7, 8, 8)
         monkeypatch.setattr("stage1_vqvae.model.CPU_CHUNK_FLOATS", 3 * 32 * 32 * 32)  # 3 images per chunk
         assert [len(part) for part in model._cpu_chunks(codes)] == [3, 3, 1]
-        torch.testing.assert_close(
-            model.decode_codes(codes), decoded, atol=1e-5, rtol=0
-        )  # kernels differ by batch
+        # oneDNN may pick other kernels for other batch sizes: the pixels agree up to float rounding
+        torch.testing.assert_close(model.decode_codes(codes), decoded, atol=1e-5, rtol=0)
         assert torch.equal(model.encode(pixels), encoded)
 
 

@@ -28,3 +28,11 @@ def test_times_codes_and_decode_of_both_trees_and_reports_the_speedup(tmp_path, 
         assert row["speedup"] == pytest.approx(row["images_per_s"] / row["baseline_images_per_s"])
     assert "speedup" in capsys.readouterr().out
     assert git_worktrees() == worktrees_before  # the baseline's worktree is removed
+
+
+def test_a_ref_git_cannot_check_out_is_one_clear_line():
+    bench = load_benchmark("text_to_image_speed")
+    worktrees_before = git_worktrees()
+    with pytest.raises(SystemExit, match="--baseline-ref 'no-such-ref' cannot be checked out: .*no-such-ref"):
+        bench.main(["--baseline-ref", "no-such-ref", "--batch", "1", "--repeats", "1"])
+    assert git_worktrees() == worktrees_before
