@@ -6,8 +6,10 @@
 Times the work a user waits for: ``sample_image_codes`` for a batch of captions with one seeded
 generator per image (as the pipeline samples), then ``VQVAE.decode_codes`` of the codes, with guidance
 off (scale 1) and on (``--guidance-scale``, default 3), on random models of the demo's size (the tiny
-configs: 8x8 codes from a book of 512, 16 caption tokens, hidden 192, 4 layers; weights do not change
-the speed). Each setting runs in a fresh process, ``--repeats`` times after one warm-up, and its fastest
+configs of this tree: 8x8 codes from a book of 512, 16 caption tokens, 4 layers, hidden 128, which
+``--hidden-size`` overrides; weights do not change the speed). Both trees time models of this one
+size, whatever their own configs say (12cfd47's demo was 192 wide): a speed-up is only computed between
+models of equal parameter counts. Each setting runs in a fresh process, ``--repeats`` times after one warm-up, and its fastest
 run counts (the least disturbed by other work on the machine).
 
 With ``--baseline-ref`` the same timing code runs against that commit's library (checked out into a
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -44,6 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--guidance-scale", type=float, default=3.0, help="the 'guidance on' setting (default 3)")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="this tree's precision")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument(
+        "--hidden-size", type=int, help="the transformer's width (default: configs/stage2_tiny.yaml's)"
+    )
     p.add_argument("--repeats", type=int, default=3, help="timed runs per process; the fastest counts")
     p.add_argument(
         "--rounds", type=int, default=1, help="alternations of baseline and this tree; medians count"
@@ -53,6 +59,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.batch < 1 or args.repeats < 1 or args.rounds < 1 or args.threads < 1:
         p.error("--batch, --repeats, --rounds and --threads must be positive")
+    if args.hidden_size is None:
+        from benchmarks.model_sizes import stage2_setting
+
+        args.hidden_size = stage2_setting("tiny", "cpu")[0].hidden_size
     return args
 
 
@@ -69,6 +79,7 @@ def time_one_setting(tree: Path, guidance: float, args: argparse.Namespace) -> d
     torch.set_num_threads(args.threads)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     model_cfg, layout, _ = stage2_setting("tiny", "cpu")
+    model_cfg = dataclasses.replace(model_cfg, hidden_size=args.hidden_size)  # one size for both trees
     vq_cfg, _ = stage1_setting("tiny", "cpu")
     torch.manual_seed(0)
     model = build_transformer(model_cfg, layout).to(dtype).eval()
@@ -96,6 +107,8 @@ def time_one_setting(tree: Path, guidance: float, args: argparse.Namespace) -> d
         "guidance_scale": guidance,
         "batch": args.batch,
         "dtype": args.dtype,
+        "hidden_size": model_cfg.hidden_size,
+        "params": sum(p.numel() for p in model.parameters()) + sum(p.numel() for p in vqvae.parameters()),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "codes_s": codes_s,
@@ -109,7 +122,7 @@ def measure(tree: Path, guidance: float, args: argparse.Namespace, dtype: str) -
     """One setting in a fresh process against the library of ``tree``."""
     command = [sys.executable, str(Path(__file__).resolve()), "--one", str(tree), str(guidance)]
     command += ["--batch", str(args.batch), "--dtype", dtype, "--threads", str(args.threads)]
-    command += ["--repeats", str(args.repeats)]
+    command += ["--repeats", str(args.repeats), "--hidden-size", str(args.hidden_size)]
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": str(args.threads)}
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
@@ -148,6 +161,11 @@ def summarise(scale: float, rounds: list[tuple[dict | None, dict]]) -> dict:
     }
     if rounds[0][0] is not None:
         base = [b for b, _ in rounds]
+        if {b["params"] for b in base} != {r["params"] for r in mine}:  # never a ratio of unlike models
+            raise SystemExit(
+                f"The baseline's models hold {base[0]['params']:,} parameters and this tree's "
+                f"{mine[0]['params']:,}: their speeds do not compare. Both should build the same sizes."
+            )
         row["baseline_images_per_s"] = statistics.median(b["images_per_s"] for b in base)
         row["baseline_codes_s"] = statistics.median(b["codes_s"] for b in base)
         row["baseline_decode_s"] = statistics.median(b["decode_s"] for b in base)
@@ -158,7 +176,10 @@ def summarise(scale: float, rounds: list[tuple[dict | None, dict]]) -> dict:
 
 
 def print_table(args: argparse.Namespace, rows: list[dict]) -> None:
-    print(f"{args.batch} images per batch, {args.threads} threads, this tree in {args.dtype}")
+    print(
+        f"{args.batch} images per batch, {args.threads} threads, transformer {args.hidden_size} wide, "
+        f"this tree in {args.dtype}"
+    )
     header = f"{'guidance':>8}  {'images/s':>9}  {'codes s':>8}  {'decode s':>8}"
     if args.baseline_ref:
         header += f"  {'baseline ' + args.baseline_ref + ' images/s':>26}  {'speedup':>7}  {'codes':>6}  {'decode':>6}"
@@ -179,6 +200,7 @@ def write_report(args: argparse.Namespace, rows: list[dict]) -> dict:
     report = {
         "batch": args.batch,
         "threads": args.threads,
+        "hidden_size": args.hidden_size,
         "dtype": args.dtype,
         "baseline_ref": args.baseline_ref,
         "baseline_dtype": "fp32" if args.baseline_ref else None,

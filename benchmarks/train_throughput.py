@@ -220,8 +220,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--precision",
         choices=["auto", "bf16", "fp16", "fp32"],
-        help="default: bf16 on cuda, fp32 on cpu (the configs' precisions); auto, as train.mixed_precision "
-        "auto: bf16 where the device computes it natively (CUDA with bf16, a CPU with AVX512-BF16 or AMX)",
+        help="default: the configs' precisions, bf16 on cuda and auto on a cpu; auto, as train.mixed_precision "
+        "auto: bf16 where the device computes it natively (CUDA with bf16, a CPU with AVX512-BF16 or AMX), "
+        "else fp32",
     )
     p.add_argument("--steps", type=int, help="timed steps (default: 20 on cuda, 3 on cpu)")
     p.add_argument("--warmup", type=int, help="untimed steps first (default: 3 on cuda, 1 on cpu)")
@@ -236,14 +237,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--baseline-precision",
         choices=["bf16", "fp16", "fp32"],
-        help="the baseline's precision (default: what its configs used, bf16 on cuda, fp32 on cpu)",
+        help="the baseline's precision (default: what 12cfd47's configs used, bf16 on cuda, fp32 on cpu)",
     )
     p.add_argument("--rounds", type=int, default=1, help="with --baseline-ref: alternations; medians count")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train_throughput.json"))
     p.add_argument("--one", nargs=2, metavar=("STAGE", "SIZE"), help=argparse.SUPPRESS)  # child process
     args = p.parse_args(argv)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    args.precision = args.precision or ("bf16" if args.device == "cuda" else "fp32")
+    args.precision = args.precision or ("bf16" if args.device == "cuda" else "auto")
     if args.precision == "auto":
         args.precision = (
             "fp32" if resolve_mixed_precision("auto", torch.device(args.device)) == "no" else "bf16"
@@ -328,9 +329,14 @@ def compare_with_baseline(args: argparse.Namespace) -> dict:
             print(f"{row['stage']:>5} {row['size']:>5}  failed: {row['error'][-200:]}")
             continue
         unit = row["unit"]
+        speedup = (
+            f"{row['speedup']:>7.2f}x"
+            if row["speedup"] is not None
+            else f"  none: the models differ ({row['baseline_params']:,} and {row['params']:,} parameters)"
+        )
         print(
             f"{row['stage']:>5} {row['size']:>5} {row['baseline_throughput']:>16,.0f} {unit:<5} "
-            f"{row['throughput']:>14,.0f} {unit:<5} {row['speedup']:>7.2f}x"
+            f"{row['throughput']:>14,.0f} {unit:<5} {speedup}"
         )
     print(f"wrote {args.out}")
     return report
@@ -343,13 +349,17 @@ def summarise_pair(stage: int, size: str, runs: list[tuple[dict, dict]]) -> dict
         return {"stage": stage, "size": size, "error": errors[0]}
     baseline = statistics.median(b["throughput"] for b, _ in runs)
     current = statistics.median(c["throughput"] for _, c in runs)
-    last = runs[-1][1]
+    last, first_baseline = runs[-1][1], runs[0][0]
+    # A size is each tree's own configs (tiny), so a config change can make the two models differ: their
+    # throughputs then say nothing about speed, and no ratio is given.
+    same_model = first_baseline["params"] == last["params"]
     return {
         **last,
         "throughput": current,
         "baseline_throughput": baseline,
         "baseline_precision": runs[-1][0]["precision"],
-        "speedup": current / baseline,
+        "baseline_params": first_baseline["params"],
+        "speedup": current / baseline if same_model else None,
         "rounds": [{"baseline": b["throughput"], "this_tree": c["throughput"]} for b, c in runs],
     }
 

@@ -14,6 +14,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture
+def fresh_accelerator_state():
+    """For a train script run inside the test process: Accelerate keeps one process-wide state, and a
+    config that picks another precision (the tiny configs' ``auto``) than an earlier in-process run
+    would be refused by it. Reset before and after."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 def launch(script: str, *args: str, expect_ok: bool = True, timeout: int = 600, env: dict | None = None):
     """Run ``accelerate launch <script> args`` the way a user does; returns the CompletedProcess."""
     accelerate = "-m accelerate.commands.launch --cpu --num_processes 1 --num_machines 1 --mixed_precision no"

@@ -200,8 +200,19 @@ def test_interrupted_precompute_reruns_without_duplicated_or_missing_rows(tmp_pa
     """Two processes; process 1 is killed while saving its shard of the train codes, then the run is
     relaunched (into the same folder, as nothing was trained) and finishes."""
     out = tmp_path / "run"
-    # one row per image (no shifted views), so that the rows can be checked against the source one to one
-    args = stage2_tiny(tmp_path, shapes_cache, out, "--train.max_steps", "2", "--codes.shift_pixels", "0")
+    # one row per image (no shifted views), so that the rows can be checked against the source one to one,
+    # and in fp32, so that they can be checked against codes encoded here (in other threads)
+    args = stage2_tiny(
+        tmp_path,
+        shapes_cache,
+        out,
+        "--train.max_steps",
+        "2",
+        "--codes.shift_pixels",
+        "0",
+        "--train.mixed_precision",
+        "no",
+    )
     result = run(STAGE2, *args, nproc=2, env={"MINIDALLE_FAULTS": "precompute_mid_save@1"}, expect_ok=False)
     assert result.returncode != 0
     (partial,) = (tmp_path / "codes").glob("train-*.partial")

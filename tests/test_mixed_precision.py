@@ -45,7 +45,7 @@ def assert_bf16_run_differs_slightly(fp32: list[float], bf16: list[float]) -> No
 
 def test_stage1_trains_in_bf16_and_auto_picks_what_this_cpu_computes_natively(tmp_path, shapes_cache):
     fp32, bf16, auto = tmp_path / "fp32", tmp_path / "bf16", tmp_path / "auto"
-    stage1.launch(stage1.TRAIN, *stage1.tiny_args(shapes_cache, fp32, SHORT))
+    stage1.launch(stage1.TRAIN, *stage1.tiny_args(shapes_cache, fp32, f"{SHORT} --train.mixed_precision no"))
     stage1.launch(
         stage1.TRAIN, *stage1.tiny_args(shapes_cache, bf16, f"{SHORT} --train.mixed_precision bf16")
     )
@@ -75,7 +75,10 @@ def test_stage1_trains_in_bf16_and_auto_picks_what_this_cpu_computes_natively(tm
 
 def test_stage2_trains_in_bf16(tmp_path, vqvae_dir, shapes_cache):
     codes, fp32, bf16 = tmp_path / "codes", tmp_path / "fp32", tmp_path / "bf16"
-    stage2.launch(stage2.TRAIN, *stage2.tiny_args(vqvae_dir, shapes_cache, codes, fp32, SHORT))
+    stage2.launch(
+        stage2.TRAIN,
+        *stage2.tiny_args(vqvae_dir, shapes_cache, codes, fp32, f"{SHORT} --train.mixed_precision no"),
+    )
     bf16_args = stage2.tiny_args(
         vqvae_dir, shapes_cache, codes, bf16, f"{SHORT} --train.mixed_precision bf16"
     )
@@ -83,6 +86,8 @@ def test_stage2_trains_in_bf16(tmp_path, vqvae_dir, shapes_cache):
     image_loss = logged(bf16, "train/image_loss")
     assert_bf16_run_differs_slightly(logged(fp32, "train/image_loss"), image_loss)
     assert image_loss[-1] < image_loss[0]
+    # the bf16 run pre-encoded under its autocast, into codes of its own: fp32 ones are not reused
+    assert len(list(codes.glob("train-*"))) == 2
     model, _ = load_transformer(bf16 / "transformer")
     assert all(p.dtype == torch.float32 for p in model.parameters())
 

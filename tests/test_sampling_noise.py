@@ -23,9 +23,21 @@ def _peaked_probs(steps: int, batch: int, k: int) -> torch.Tensor:
     return logits.softmax(-1)  # (steps, B, K)
 
 
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("max_variates", [1 << 24, 2 * 3 * 32, 1])  # one draw, 2 steps per draw, 1 per draw
-def test_streams_draw_what_multinomial_draws_and_leave_the_same_generator_states(monkeypatch, max_variates):
+@pytest.mark.parametrize("threaded", [False, True])  # rows filled by one thread, or shared out over two
+def test_streams_draw_what_multinomial_draws_and_leave_the_same_generator_states(
+    monkeypatch, two_threads, max_variates, threaded
+):
     monkeypatch.setattr(noise_lib, "MAX_BUFFERED_VARIATES", max_variates)
+    monkeypatch.setattr(noise_lib, "PARALLEL_DRAW_MIN_VARIATES", 1 if threaded else 1 << 30)
     steps, batch, k = 7, 3, 32
     probs = _peaked_probs(steps, batch, k)
     reference_gens, stream_gens = _gens([5, 6, 7]), _gens([5, 6, 7])

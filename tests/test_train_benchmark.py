@@ -65,13 +65,28 @@ def test_baseline_ref_times_both_trees_and_reports_the_speedup(tmp_path, capsys)
     assert git_worktrees() == worktrees_before  # the baseline's worktree is removed
 
 
+def test_no_speedup_between_trees_whose_models_differ():
+    """A size is each tree's own configs, so a retuned config makes the two sides different models: their
+    throughput ratio is no speed-up and must not be reported as one."""
+    summarise = load_benchmark("train_throughput").summarise_pair
+    row = {"stage": 2, "size": "tiny", "unit": "tokens/s", "precision": "bf16"}
+    same = summarise(
+        2, "tiny", [({**row, "params": 10, "throughput": 100.0}, {**row, "params": 10, "throughput": 150.0})]
+    )
+    assert same["speedup"] == pytest.approx(1.5)
+    unlike = summarise(
+        2, "tiny", [({**row, "params": 12, "throughput": 100.0}, {**row, "params": 10, "throughput": 150.0})]
+    )
+    assert unlike["speedup"] is None and unlike["baseline_params"] == 12 and unlike["params"] == 10
+
+
 def git_worktrees() -> list[str]:
     return subprocess.run(
         ["git", "-C", str(ROOT), "worktree", "list"], capture_output=True, text=True
     ).stdout.splitlines()
 
 
-def test_profile_splits_a_real_training_run_into_its_phases(tmp_path, shapes_cache):
+def test_profile_splits_a_real_training_run_into_its_phases(tmp_path, shapes_cache, fresh_accelerator_state):
     bench = load_benchmark("profile_step")
     out = tmp_path / "profile.json"
     tiny = "--data.builtin_train_size 256 --data.builtin_eval_size 32 --model.base_channels 8 "

@@ -352,7 +352,16 @@ def fill(template: str, world: dict, out: Path, cache: Path) -> list[str]:
 
 @pytest.mark.parametrize(("command", "template", "words", "protected"), CASES)
 def test_user_mistake(
-    command, template, words, protected, world, shapes_cache, tmp_path, capsys, monkeypatch
+    command,
+    template,
+    words,
+    protected,
+    world,
+    shapes_cache,
+    tmp_path,
+    capsys,
+    monkeypatch,
+    fresh_accelerator_state,
 ):
     monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
