@@ -7,10 +7,10 @@ Times the work a user waits for: ``sample_image_codes`` for a batch of captions 
 generator per image (as the pipeline samples), then ``VQVAE.decode_codes`` of the codes, with guidance
 off (scale 1) and on (``--guidance-scale``, default 3), on random models of the demo's size (the tiny
 configs of this tree: 8x8 codes from a book of 512, 16 caption tokens, 4 layers, hidden 128, which
-``--hidden-size`` overrides; weights do not change the speed). Both trees time models of this one
-size, whatever their own configs say (12cfd47's demo was 192 wide): a speed-up is only computed between
-models of equal parameter counts. Each setting runs in a fresh process, ``--repeats`` times after one warm-up, and its fastest
-run counts (the least disturbed by other work on the machine).
+``--hidden-size`` overrides; weights do not change the speed). Both trees time models of this one size,
+whatever their own configs say (12cfd47's demo was 192 wide): a speed-up is only computed between models
+of equal parameter counts. Each setting runs in a fresh process, ``--repeats`` times after one warm-up,
+and its fastest run counts (the least disturbed by other work on the machine).
 
 With ``--baseline-ref`` the same timing code runs against that commit's library (checked out into a
 temporary git worktree) and against this tree's, alternating, ``--rounds`` times; each side's median
