@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
 from minidalle.devices import cpu_has_native_bf16
@@ -93,11 +92,9 @@ def test_stage2_trains_in_bf16(tmp_path, vqvae_dir, shapes_cache):
 
 
 @pytest.fixture
-def bf16_accelerator():
+def bf16_accelerator(fresh_accelerator_state):
     """An in-process Accelerator in bf16; Accelerate's process-wide state is reset around it."""
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield Accelerator(mixed_precision="bf16", cpu=True)
-    AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(mixed_precision="bf16", cpu=True)
 
 
 def test_logits_stay_bf16_and_the_loss_is_unchanged(bf16_accelerator):
