@@ -70,11 +70,16 @@ class GenerationStream:
 
 
 def partial_pictures(
-    vqvae: VQVAE, codes: torch.Tensor, fixed: torch.Tensor | None, mask: torch.Tensor | None
+    vqvae: VQVAE,
+    codes: torch.Tensor,
+    fixed: torch.Tensor | None,
+    mask: torch.Tensor | None,
+    compute_dtype: torch.dtype | None = None,
 ) -> list[Image.Image]:
     """Decode (b, r, w) codes of the first r rows as a full picture: the cells still to sample repeat
     the last sampled row (so the decoder's edge looks natural) and are then painted grey; the input
-    image's kept codes (``fixed``, ``mask``: (b, N)) show as they are."""
+    image's kept codes (``fixed``, ``mask``: (b, N)) show as they are. ``compute_dtype``: as in
+    ``VQVAE.decode_codes``."""
     b, r, w = codes.shape
     h = vqvae.config.grid_size
     full = torch.cat([codes, codes[:, -1:].expand(b, h - r, w)], dim=1)  # (b, h, w)
@@ -83,7 +88,7 @@ def partial_pictures(
     if fixed is not None:
         pending &= mask.cpu().reshape(b, h, w)
         full = torch.where(pending, full, fixed.cpu().reshape(b, h, w))  # (b, h, w)
-    pixels = vqvae.decode_codes(full.to(next(vqvae.parameters()).device))  # (b, 3, H, W)
+    pixels = vqvae.decode_codes(full.to(next(vqvae.parameters()).device), compute_dtype)  # (b, 3, H, W)
     scale = pixels.shape[2] // h
     grey = pending.repeat_interleave(scale, 1).repeat_interleave(scale, 2)  # (b, H, W)
     return tensor_to_pil(pixels.masked_fill(grey[:, None].to(pixels.device), 0.0))  # grey in [-1, 1]

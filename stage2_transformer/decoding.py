@@ -25,6 +25,13 @@ import torch.nn.functional as F
 # From this many sequences a step, one-token attention on a CPU runs as two batched products instead of
 # SDPA: 1.05-1.1x faster at 128-400 (fp32, 1-2 threads), up to 2x slower below 32 (per-op overhead).
 MATMUL_ATTENTION_MIN_BATCH = 128
+# Once more than this fraction of the cache is written, those products run over the whole cache, the
+# positions not yet written masked out, instead of over the written part. The written part is a strided
+# slice, which torch's CPU batched product first copies; the whole cache it reads as it lies. Measured on
+# a 2-core AVX-512 CPU (one-token attention of 4 layers over a 4-head, 32-dim cache of 81 positions):
+# at batch 200 the slice cost 300 us a layer at 20 positions and 1,180 us at 77, the whole cache 540 us
+# at any length; at batch 400, 1,165-2,410 us against 1,100-1,150 us. The crossing lies near a third.
+FULL_CACHE_ATTENTION_FROM = 1 / 3
 
 
 class KVDecoder:
@@ -84,11 +91,12 @@ class KVDecoder:
         cache_dtype = torch.float32 if device.type == "cpu" else dtype
         self.upcast = cache_dtype != dtype  # attention in float32 over a half-precision model's projections
         self.matmul_attention = device.type == "cpu" and batch_size >= MATMUL_ATTENTION_MIN_BATCH
-        # Uninitialised: a position is always written before any attention reads it (reads stop at pos).
+        # Zeros, not uninitialised memory: attention over the whole cache (_one_token_attention) gives
+        # positions not yet written a weight of exactly 0, and 0 * NaN would still be NaN.
         self.keys = [
-            torch.empty(shape, device=device, dtype=cache_dtype) for _ in self.layers
+            torch.zeros(shape, device=device, dtype=cache_dtype) for _ in self.layers
         ]  # (B, Hkv, L, D)
-        self.values = [torch.empty(shape, device=device, dtype=cache_dtype) for _ in self.layers]
+        self.values = [torch.zeros(shape, device=device, dtype=cache_dtype) for _ in self.layers]
 
     @staticmethod
     def supports(model: torch.nn.Module) -> bool:
@@ -138,12 +146,12 @@ class KVDecoder:
             keys, values = self.keys[i], self.values[i]
             keys[:, :, start:end] = qk[:, :, heads:].transpose(1, 2)
             values[:, :, start:end] = v.transpose(1, 2)
-            k, v = keys[:, :, :end], values[:, :, :end]  # (B, Hkv, end, D)
             if self.upcast:
                 q = q.float()
             if length == 1 and self.matmul_attention:
-                a = self._one_token_attention(q, k, v)  # (B, Hq, 1, D)
+                a = self._one_token_attention(q, keys, values, end)  # (B, Hq, 1, D)
             else:
+                k, v = keys[:, :, :end], values[:, :, :end]  # (B, Hkv, end, D)
                 # A one-token query attends to everything before it; a longer chunk is causal within
                 # itself, which is_causal expresses only when it starts at position 0 (the prefill).
                 if length == 1:
@@ -164,19 +172,27 @@ class KVDecoder:
         self.pos = end
         return F.linear(self._rms_norm(x[:, -1], self.final_norm), self.head)  # (B, rows)
 
-    def _one_token_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Attention of one query per sequence (B, Hq, 1, D) over the cache (B, Hkv, T, D) -> (B, Hq, 1, D).
+    def _one_token_attention(
+        self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, end: int
+    ) -> torch.Tensor:
+        """Attention of one query per sequence (B, Hq, 1, D) over the first ``end`` positions of the cache
+        (B, Hkv, L, D) -> (B, Hq, 1, D).
 
         At batch 400 (200 guided images) on a CPU, SDPA's flash kernel took 27% of sampling; these two
-        batched products over the cache as it lies (no copy of the strided slice) make a guided fp32 batch
-        of 200 about 7% faster (a bf16 one 5%). The query is made contiguous first: transposed, it made
-        the products 1.7x slower.
+        batched products make a guided fp32 batch of 200 about 7% faster (a bf16 one 5%). The query is
+        made contiguous first: transposed, it made the products 1.7x slower. Past
+        ``FULL_CACHE_ATTENTION_FROM`` of the cache they run over all of it, the unwritten positions
+        masked to a weight of exactly 0: the same result without the copy of a strided slice.
         """
         batch, heads, _, dim = q.shape
-        kv_heads = k.shape[1]
+        kv_heads, max_len = keys.shape[1], keys.shape[2]
         group = heads // kv_heads  # query heads that share one key/value head
         q = q.reshape(batch, kv_heads, group, dim).contiguous()  # (B, Hkv, G, D)
+        whole = end > FULL_CACHE_ATTENTION_FROM * max_len
+        k, v = (keys, values) if whole else (keys[:, :, :end], values[:, :, :end])  # (B, Hkv, T, D)
         scores = torch.matmul(q, k.transpose(-1, -2)) * dim**-0.5  # (B, Hkv, G, T)
+        if whole and end < max_len:
+            scores[..., end:] = float("-inf")
         return torch.matmul(scores.softmax(dim=-1), v).reshape(batch, heads, 1, dim)  # (B, Hq, 1, D)
 
     def _rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from minidalle.hub import model_fingerprint
+from minidalle.pixels import tensor_to_pil
 from pipeline import IncompatiblePartsError, MiniDallePipeline, PromptTruncatedWarning
 from pipeline.assemble import assemble_pipeline
 from pipeline.assemble import main as assemble_main
@@ -412,6 +413,13 @@ def test_forced_dtype_and_device(model_dir):
     assert pipe.dtype == torch.bfloat16 and pipe.device.type == "cpu"
     out = pipe(PROMPTS[0], num_images_per_prompt=2, seed=0, return_codes=True)
     assert len(out.images) == 2 and out.codes.max() < 32
+    # a bf16 pipeline on a CPU decodes in bf16 too, within a few levels of float32's pixels
+    in_bf16 = pipe.vqvae.decode_codes(out.codes, compute_dtype=torch.bfloat16)  # (2, 3, H, W)
+    assert _pixels(out.images) == _pixels(tensor_to_pil(in_bf16))
+    in_fp32 = np.stack(
+        [np.asarray(im, dtype=np.int16) for im in tensor_to_pil(pipe.vqvae.decode_codes(out.codes))]
+    )
+    assert np.abs(np.stack([np.asarray(im, dtype=np.int16) for im in out.images]) - in_fp32).max() <= 8
     with pytest.raises(ValueError, match="dtype must be one of"):
         MiniDallePipeline.from_pretrained(model_dir, dtype="fp8")
     if not torch.cuda.is_available():

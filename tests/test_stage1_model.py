@@ -6,11 +6,12 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from minidalle.config import ConfigError
 from minidalle.hub import CONFIG_NAME, WEIGHTS_NAME, file_fingerprint, fingerprint_matches, model_fingerprint
 from stage1_vqvae.config import VQVAEConfig
-from stage1_vqvae.model import VQVAE, psnr, ssim
+from stage1_vqvae.model import VQVAE, Upsample, psnr, ssim
 from stage1_vqvae.quantizer import VectorQuantizer
 
 
@@ -127,6 +128,37 @@ def test_cpu_chunks_give_the_codes_and_pixels_of_one_pass(monkeypatch):
         # oneDNN may pick other kernels for other batch sizes: the pixels agree up to float rounding
         torch.testing.assert_close(model.decode_codes(codes), decoded, atol=1e-5, rtol=0)
         assert torch.equal(model.encode(pixels), encoded)
+
+
+def test_folded_upsample_computes_upsample_then_conv():
+    torch.manual_seed(0)
+    up = Upsample(6)
+    x = torch.randn(3, 6, 5, 7)  # (B, C, h, w): odd and unequal sides
+    with torch.no_grad():
+        plain = up.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))  # (3, 6, 10, 14)
+        torch.testing.assert_close(up.folded(x), plain, atol=1e-5, rtol=0)
+        assert torch.equal(up(x), plain)  # float32 keeps the plain form
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = up(x.bfloat16())  # the folded form, in bf16
+        assert low.dtype == torch.bfloat16
+        torch.testing.assert_close(low.float(), plain, atol=0.05, rtol=0.05)
+    # with gradients (training) the plain form runs, and gradients reach the weights
+    up(x).sum().backward()
+    assert up.conv.weight.grad is not None and up.conv.weight.grad.abs().sum() > 0
+
+
+def test_bf16_decode_stays_within_a_few_levels_of_fp32():
+    torch.manual_seed(0)
+    model = VQVAE(tiny_config()).eval()
+    codes = torch.randint(0, 64, (5, 8, 8))
+    exact = model.decode_codes(codes)  # (5, 3, 32, 32) float32
+    low = model.decode_codes(codes, compute_dtype=torch.bfloat16)
+    assert low.dtype == torch.float32 and low.shape == exact.shape
+    levels = (low - exact).abs() * 127.5  # in steps of an 8-bit pixel
+    assert 0 < levels.max() < 16 and levels.mean() < 1.5  # bf16 did run, and stays close
+    assert torch.equal(
+        model.decode_codes(codes, compute_dtype=torch.float32), exact
+    )  # the model's own: as is
 
 
 def test_save_load_round_trip(tmp_path):

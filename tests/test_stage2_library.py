@@ -327,10 +327,13 @@ def test_kv_cache_matches_full_recompute(model, kwargs, cache_implementation):
         ({}, torch.bfloat16, 0.1),
     ],
 )
-@pytest.mark.parametrize("matmul_attention", [False, True])  # SDPA, or the large-batch CPU path
-def test_kv_decoder_logits_equal_the_models_own_forward(monkeypatch, cfg, dtype, atol, matmul_attention):
-    if matmul_attention:
+# SDPA; the large-batch CPU path over the written part of the cache; the same over the whole cache
+@pytest.mark.parametrize("attention", ["sdpa", "matmul-written", "matmul-whole"])
+def test_kv_decoder_logits_equal_the_models_own_forward(monkeypatch, cfg, dtype, atol, attention):
+    if attention != "sdpa":
         monkeypatch.setattr("stage2_transformer.decoding.MATMUL_ATTENTION_MIN_BATCH", 1)
+        whole_from = 0.0 if attention == "matmul-whole" else 1.0
+        monkeypatch.setattr("stage2_transformer.decoding.FULL_CACHE_ATTENTION_FROM", whole_from)
     torch.manual_seed(1)
     model = build_transformer(
         TransformerConfig(hidden_size=32, num_layers=2, num_heads=4, initializer_range=0.3), LAYOUT

@@ -66,8 +66,8 @@ def test_baseline_ref_times_both_trees_and_reports_the_speedup(tmp_path, capsys)
 
 
 def test_no_speedup_between_trees_whose_models_differ():
-    """A size is each tree's own configs, so a retuned config makes the two sides different models: their
-    throughput ratio is no speed-up and must not be reported as one."""
+    """Should the two sides still build different models, their throughput ratio is no speed-up and must
+    not be reported as one."""
     summarise = load_benchmark("train_throughput").summarise_pair
     row = {"stage": 2, "size": "tiny", "unit": "tokens/s", "precision": "bf16"}
     same = summarise(
@@ -78,6 +78,23 @@ def test_no_speedup_between_trees_whose_models_differ():
         2, "tiny", [({**row, "params": 12, "throughput": 100.0}, {**row, "params": 10, "throughput": 150.0})]
     )
     assert unlike["speedup"] is None and unlike["baseline_params"] == 12 and unlike["params"] == 10
+
+
+def test_the_baseline_times_this_trees_models(tmp_path):
+    """A retuned model size in this tree's tiny configs goes into the baseline's worktree, nothing else."""
+    import yaml
+
+    give = load_benchmark("train_throughput").give_baseline_these_models
+    (tmp_path / "configs").mkdir()
+    stage1 = (ROOT / "configs" / "stage1_tiny.yaml").read_text()
+    (tmp_path / "configs" / "stage1_tiny.yaml").write_text(stage1)  # the same models: left as it is
+    mine = yaml.safe_load((ROOT / "configs" / "stage2_tiny.yaml").read_text())
+    theirs = {**mine, "model": {**mine["model"], "hidden_size": 192}, "train": {"max_steps": 1200}}
+    (tmp_path / "configs" / "stage2_tiny.yaml").write_text(yaml.safe_dump(theirs))
+    assert give(tmp_path) == ["stage2_tiny.yaml"]
+    rewritten = yaml.safe_load((tmp_path / "configs" / "stage2_tiny.yaml").read_text())
+    assert rewritten == {**theirs, "model": mine["model"]}  # its own training settings stay
+    assert (tmp_path / "configs" / "stage1_tiny.yaml").read_text() == stage1
 
 
 def git_worktrees() -> list[str]:
