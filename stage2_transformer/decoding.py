@@ -27,10 +27,11 @@ import torch.nn.functional as F
 MATMUL_ATTENTION_MIN_BATCH = 128
 # Once more than this fraction of the cache is written, those products run over the whole cache, the
 # positions not yet written masked out, instead of over the written part. The written part is a strided
-# slice, which torch's CPU batched product first copies; the whole cache it reads as it lies. Measured on
-# a 2-core AVX-512 CPU (one-token attention of 4 layers over a 4-head, 32-dim cache of 81 positions):
-# at batch 200 the slice cost 300 us a layer at 20 positions and 1,180 us at 77, the whole cache 540 us
-# at any length; at batch 400, 1,165-2,410 us against 1,100-1,150 us. The crossing lies near a third.
+# slice, over which torch's CPU batched product runs at about twice the cost of a contiguous operand (as
+# if it copied it first); the whole cache it reads as it lies. Measured on a 2-core AVX-512 CPU (one-token
+# attention of 4 layers over a 4-head, 32-dim cache of 81 positions): at batch 200 the slice cost 300 us
+# a layer at 20 positions and 1,180 us at 77, the whole cache 540 us at any length; at batch 400,
+# 1,165-2,410 us against 1,100-1,150 us. The crossing lies near a third.
 FULL_CACHE_ATTENTION_FROM = 1 / 3
 
 
@@ -182,7 +183,7 @@ class KVDecoder:
         batched products make a guided fp32 batch of 200 about 7% faster (a bf16 one 5%). The query is
         made contiguous first: transposed, it made the products 1.7x slower. Past
         ``FULL_CACHE_ATTENTION_FROM`` of the cache they run over all of it, the unwritten positions
-        masked to a weight of exactly 0: the same result without the copy of a strided slice.
+        masked to a weight of exactly 0: the same result, without the slow product over a strided slice.
         """
         batch, heads, _, dim = q.shape
         kv_heads, max_len = keys.shape[1], keys.shape[2]
