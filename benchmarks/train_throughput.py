@@ -315,7 +315,7 @@ def compare_with_baseline(args: argparse.Namespace) -> dict:
     both sides see the same machine at nearly the same moment, so the ratio holds where absolute
     figures from different runs (or machines of one kind, 2-3x apart) would not."""
     with checked_out(args.baseline_ref) as tree:
-        args.baseline_models_from_this_tree = give_baseline_these_models(tree)
+        rewritten = give_baseline_these_models(tree)
         pairs = []
         for size in args.sizes:
             for stage in args.stages:
@@ -324,7 +324,7 @@ def compare_with_baseline(args: argparse.Namespace) -> dict:
                     for _ in range(args.rounds)
                 ]
                 pairs.append(summarise_pair(stage, size, runs))
-                report = write_report(args, pairs)
+                report = write_report(args, pairs, baseline_models_from_this_tree=rewritten)
     print(f"{'stage':>5} {'size':>5} {'baseline ' + args.baseline_ref:>22} {'this tree':>20} {'speedup':>8}")
     for row in pairs:
         if "error" in row:
@@ -383,14 +383,16 @@ def summarise_pair(stage: int, size: str, runs: list[tuple[dict, dict]]) -> dict
     }
 
 
-def write_report(args: argparse.Namespace, rows: list[dict]) -> dict:
+def write_report(
+    args: argparse.Namespace, rows: list[dict], baseline_models_from_this_tree: list[str] | None = None
+) -> dict:
     report = {
         "device": args.device,
         "device_name": next((r["device_name"] for r in rows if "device_name" in r), None),
         "precision": args.precision,
         "compile": args.compile,
         "baseline_ref": args.baseline_ref,
-        "baseline_models_from_this_tree": getattr(args, "baseline_models_from_this_tree", []),
+        "baseline_models_from_this_tree": baseline_models_from_this_tree or [],
         "torch": torch.__version__,
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
