@@ -36,7 +36,7 @@ accelerate launch -q $THREADS stage2_transformer/train.py --config configs/stage
 
 echo "== held-out pairs: style accuracy, retrieval, bits per image, diversity; the sample grid"
 python -m stage2_transformer.evaluate --config configs/stage2_emoji32.yaml --run "$OUT/stage2_emoji32" \
-  --heldout_style true --num_samples "${SAMPLES:-512}"
+  --heldout_style true --heldout_negative_style true --num_samples "${SAMPLES:-512}"
 
 echo "== done in $(( ($(date +%s) - start) / 60 )) min $(( ($(date +%s) - start) % 60 )) s"
 echo "held-out samples beside their true images: $OUT/stage2_emoji32/heldout_samples.png"

@@ -10,7 +10,8 @@ checker reads all four attributes as the caption states (``samples_all_four_pct_
 percentage) and the share of single attributes read right (``samples_attributes_pct_cfg<scale>``).
 On emoji data (``scripts/get_emoji.sh``), ``--heldout_style true`` adds the held-out style score of
 ``stage2_transformer/heldout_style.py`` (style accuracy, retrieval, diversity) and writes held-out
-samples beside their true images to ``<run>/heldout_samples.png``. Prints a table and writes JSON.
+samples beside their true images to ``<run>/heldout_samples.png``; ``--heldout_negative_style true`` also
+scores samples guided away from the caption that names the other style. Prints a table and writes JSON.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from stage2_transformer.heldout_style import check_heldout_columns, heldout_grid
 from stage2_transformer.model import load_transformer
 from stage2_transformer.precompute import precompute_codes
 from stage2_transformer.run_config import CodesConfig, SamplingConfig
-from stage2_transformer.sampling import check_sampling_args
+from stage2_transformer.sampling import DEFAULT_NEGATIVE_SCALE, check_sampling_args
 from stage2_transformer.stage1_record import STAGE1_RECORD, describe, read_stage1_record, recorded_stage1_path
 from stage2_transformer.tokenizer import load_caption_tokenizer
 
@@ -53,6 +54,8 @@ class Stage2EvalConfig:
     guidance_scales: list[float] = field(default_factory=lambda: [1.0, 3.0])
     seed: int = 1234
     heldout_style: bool = False  # emoji data: score samples of the held-out (emoji, style) pairs
+    heldout_negative_style: bool = False  # with heldout_style: also guide samples away from the other style
+    negative_scale: float = DEFAULT_NEGATIVE_SCALE  # with heldout_negative_style: its weight
     diversity_captions: int = 64  # with heldout_style: captions sampled 4 times each for diversity
     grid_pairs: int = 16  # with heldout_style: held-out (sample, true image) pairs in the grid
     output_json: str | None = None
@@ -62,6 +65,15 @@ class Stage2EvalConfig:
         check_int("num_samples", self.num_samples, 1, None)
         for scale in self.guidance_scales:
             check_sampling_args(self.sampling.temperature, None, None, scale)
+        if not self.negative_scale > 0:
+            raise ValueError(
+                f"negative_scale must be positive, got {self.negative_scale} (default {DEFAULT_NEGATIVE_SCALE:g})."
+            )
+        if self.heldout_negative_style and self.sampling.guidance_scale == 1.0:
+            raise ValueError(
+                "heldout_negative_style needs guidance (a negative prompt acts through it): set "
+                "sampling.guidance_scale above 1, e.g. --sampling.guidance_scale 3."
+            )
 
 
 # Keys of a training config (configs/stage2_*.yaml) that evaluation does not read: the same file

@@ -12,7 +12,7 @@ import torch
 
 from minidalle.pixels import tensor_to_pil
 from stage2_transformer.layout import SequenceLayout
-from stage2_transformer.sampling import image_token_log_likelihood, sample_image_codes
+from stage2_transformer.sampling import DEFAULT_NEGATIVE_SCALE, image_token_log_likelihood, sample_image_codes
 from stage2_transformer.tokenizer import encode_captions
 
 
@@ -59,13 +59,22 @@ def sample_images(
     top_p: float | None = None,
     seed: int = 0,
     batch_size: int = 32,
+    negative_captions: list[str] | None = None,
+    negative_scale: float = DEFAULT_NEGATIVE_SCALE,
 ):
-    """Sample one image per caption (PIL), each with its own seeded stream (seed + index)."""
+    """Sample one image per caption (PIL), each with its own seeded stream (seed + index).
+
+    ``negative_captions``: one per caption, a negative prompt that guidance steers away from with weight
+    ``negative_scale``."""
     device = next(model.parameters()).device
     images = []
     for start in range(0, len(captions), batch_size):
         chunk = captions[start : start + batch_size]
         text_ids = encode_captions(tokenizer, chunk, layout.text_len, warn=False).to(device)  # (b, T)
+        negative_ids = None
+        if negative_captions is not None:
+            negative_chunk = negative_captions[start : start + batch_size]
+            negative_ids = encode_captions(tokenizer, negative_chunk, layout.text_len, warn=False).to(device)
         generators = [torch.Generator(device=device).manual_seed(seed + start + i) for i in range(len(chunk))]
         codes = sample_image_codes(
             model,
@@ -76,6 +85,8 @@ def sample_images(
             top_k=top_k,
             top_p=top_p,
             generator=generators,
+            negative_text_ids=negative_ids,
+            negative_scale=negative_scale,
         )  # (b, h, w)
         pixels = vqvae.decode_codes(codes.to(next(vqvae.parameters()).device))  # (b, 3, H, W)
         images.extend(tensor_to_pil(pixels))

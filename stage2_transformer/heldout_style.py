@@ -16,6 +16,15 @@ model needed:
 * ``diversity_mse``: mean pairwise MSE among ``diversity_samples`` samples of one caption (averaged
   over captions), beside ``heldout_pairwise_mse``, the mean MSE between different held-out images.
   Near zero means guidance collapsed the samples into copies; it cannot tell good variety from noise.
+* ``train_pairs_*``: the same scores for samples of the *training* captions of the same emoji (the
+  other style, which the prior was trained on), with the held-out image as the "other style". It tells
+  how well the prior draws what it has seen, which bounds what it can carry over to a pairing it has
+  not; it cannot tell generalisation, only memory.
+* ``negative_*`` (with ``heldout_negative_style``): the same scores for samples of the same
+  captions and seeds whose guidance also steers away from a negative prompt, the caption with the
+  other style's name ("penguin, noto style" against "penguin, twemoji style"). It tells how much of the
+  style a user gets by naming the style they do not want; the negative caption is extra input, so
+  these scores do not replace the plain ones.
 * Bits per image of the held-out images with and without the caption come from ``evaluate_prior``
   (``bits_ratio_caption_to_empty``): how much the caption helps the likelihood, with no sampling;
   it cannot tell whether samples look right.
@@ -26,6 +35,7 @@ Distances are mean squared errors of pixels in [-1, 1] at the stage-1 model's re
 from __future__ import annotations
 
 import itertools
+import re
 
 import torch
 from PIL import Image
@@ -65,8 +75,8 @@ def mean_pairwise_mse(groups: torch.Tensor) -> float:
     return (first - second).square().flatten(2).mean().item()
 
 
-def other_style_images(heldout_rows, train_rows) -> list:
-    """For each held-out row, the training image of the same emoji (``unified``) in the other style."""
+def other_style_rows(heldout_rows, train_rows) -> list:
+    """For each held-out row, the training row of the same emoji (``unified``) in the other style."""
     by_emoji: dict[str, list] = {}
     for row in train_rows:
         by_emoji.setdefault(row["unified"], []).append(row)
@@ -78,8 +88,17 @@ def other_style_images(heldout_rows, train_rows) -> list:
                 f"Held-out emoji {row['unified']} ({row['style']}) has no training image in another style: "
                 "the held-out style score needs data built by minidalle.emoji_data (columns unified, style)."
             )
-        others.append(candidates[0]["image"])
+        others.append(candidates[0])
     return others
+
+
+def negative_style_caption(caption: str, style: str, other_style: str) -> str:
+    """The caption with its style's name replaced by the other style's: "penguin, noto style" ->
+    "penguin, twemoji style", the negative prompt that steers a sample away from the other style."""
+    words = re.split(r"(\W+)", caption)  # words and the separators between them, in order
+    if style not in words:
+        raise ValueError(f"The caption {caption!r} does not name its style {style!r} as a word.")
+    return "".join(other_style if word == style else word for word in words)
 
 
 def check_heldout_columns(eval_hf) -> None:
@@ -104,9 +123,16 @@ def score_heldout_styles(
     heldout_rows = list(eval_hf.select(range(min(cfg.num_samples, len(eval_hf)))))
     resolution = vqvae.config.resolution
     truths = torch.stack([preprocess(row["image"], resolution) for row in heldout_rows])  # (n, 3, H, W)
-    train_rows = train_hf.select_columns(["image", "unified", "style"])
-    others = torch.stack([preprocess(v, resolution) for v in other_style_images(heldout_rows, train_rows)])
+    train_rows = train_hf.select_columns(["image", "text", "unified", "style"])
+    other_rows = other_style_rows(heldout_rows, train_rows)
+    others = torch.stack([preprocess(row["image"], resolution) for row in other_rows])  # (n, 3, H, W)
     captions = [row["text"] for row in heldout_rows]
+    negatives = None  # built before any sampling: a caption that does not name its style fails first
+    if cfg.heldout_negative_style:
+        negatives = [
+            negative_style_caption(caption, row["style"], other["style"])
+            for caption, row, other in zip(captions, heldout_rows, other_rows)
+        ]
     settings = dict(
         guidance_scale=cfg.sampling.guidance_scale,
         temperature=cfg.sampling.temperature,
@@ -116,6 +142,29 @@ def score_heldout_styles(
     samples = sample_images(model, layout, vqvae, tokenizer, captions, seed=cfg.seed, **settings)
     sample_pixels = torch.stack([pil_to_tensor(image) for image in samples])  # (n, 3, H, W)
     metrics = style_and_retrieval_scores(sample_pixels, truths, others)
+    # The same scores on the training pairs of these emoji, roles swapped: how well the prior draws what
+    # it was trained on bounds what it can carry over to the held-out style.
+    trained = sample_images(
+        model, layout, vqvae, tokenizer, [row["text"] for row in other_rows], seed=cfg.seed, **settings
+    )
+    trained_pixels = torch.stack([pil_to_tensor(image) for image in trained])  # (n, 3, H, W)
+    for key, value in style_and_retrieval_scores(trained_pixels, others, truths).items():
+        metrics[f"train_pairs_{key}"] = value
+    if negatives is not None:  # the same captions and seeds, guided away from the other style's name
+        guided_away = sample_images(
+            model,
+            layout,
+            vqvae,
+            tokenizer,
+            captions,
+            seed=cfg.seed,
+            negative_captions=negatives,
+            negative_scale=cfg.negative_scale,
+            **settings,
+        )
+        guided_away_pixels = torch.stack([pil_to_tensor(image) for image in guided_away])  # (n, 3, H, W)
+        for key, value in style_and_retrieval_scores(guided_away_pixels, truths, others).items():
+            metrics[f"negative_{key}"] = value
     if cfg.diversity_captions > 0 and diversity_samples > 1:
         repeated = [c for c in captions[: cfg.diversity_captions] for _ in range(diversity_samples)]
         groups = sample_images(

@@ -68,12 +68,14 @@ def test_emoji32_configs_train_and_score_heldout_styles(tmp_path, emoji_folders)
     from stage2_transformer.evaluate import main as evaluate
 
     stage2 = train_both_stages(tmp_path, emoji_folders[32], 32)
-    settings = "--heldout_style true --num_samples 8 --diversity_captions 2 --grid_pairs 2"
+    settings = "--heldout_style true --heldout_negative_style true --num_samples 8 --diversity_captions 2"
+    settings += " --grid_pairs 2"
     paths = ["--run", stage2, "--data.path", emoji_folders[32], "--codes.cache_dir", tmp_path / "codes"]
     report = evaluate(["--config", "configs/stage2_emoji32.yaml", *map(str, paths), *flags(settings)])
     assert report["heldout_captions"] == 2  # the fake packs hold out 2 pairs
     for key in ("style_accuracy_pct", "retrieval_top1_pct", "retrieval_top5_pct"):
-        assert 0 <= report[key] <= 100
+        for prefix in ("", "train_pairs_", "negative_"):
+            assert 0 <= report[prefix + key] <= 100
     assert report["retrieval_top5_pct"] == 100.0  # 2 held-out images: the true one is always in the top 5
     assert report["diversity_mse"] >= 0 and report["heldout_pairwise_mse"] > 0
     assert report["bits_ratio_caption_to_empty"] > 0

@@ -8,7 +8,8 @@ import torch
 from stage2_transformer.heldout_style import (
     check_heldout_columns,
     mean_pairwise_mse,
-    other_style_images,
+    negative_style_caption,
+    other_style_rows,
     pixel_mse,
     style_and_retrieval_scores,
 )
@@ -52,9 +53,9 @@ def test_other_style_is_the_same_emoji_in_the_training_split():
         {"unified": "1F680", "style": "twemoji", "image": "rocket_twemoji"},
     ]
     heldout = [{"unified": "1F600", "style": "twemoji"}, {"unified": "1F680", "style": "noto"}]
-    assert other_style_images(heldout, train) == ["grin_noto", "rocket_twemoji"]
+    assert [row["image"] for row in other_style_rows(heldout, train)] == ["grin_noto", "rocket_twemoji"]
     with pytest.raises(ValueError, match="no training image in another style"):
-        other_style_images([{"unified": "1F34E", "style": "noto"}], train)
+        other_style_rows([{"unified": "1F34E", "style": "noto"}], train)
 
 
 def test_data_without_emoji_columns_fail_before_sampling():
@@ -63,3 +64,21 @@ def test_data_without_emoji_columns_fail_before_sampling():
     shapes_like = datasets.Dataset.from_dict({"image": ["a.png"], "text": ["a red circle"]})
     with pytest.raises(ValueError, match="no 'unified' column.*get_emoji.sh"):
         check_heldout_columns(shapes_like)
+
+
+def test_negative_style_caption_swaps_the_style_word_only():
+    assert negative_style_caption("penguin, noto style", "noto", "twemoji") == "penguin, twemoji style"
+    assert negative_style_caption("noto emoji: notebook", "noto", "twemoji") == "twemoji emoji: notebook"
+    with pytest.raises(ValueError, match="does not name its style"):
+        negative_style_caption("a penguin", "noto", "twemoji")
+
+
+def test_negative_style_without_guidance_is_refused():
+    from stage2_transformer.evaluate import Stage2EvalConfig
+    from stage2_transformer.run_config import SamplingConfig
+
+    with pytest.raises(ValueError, match="needs guidance"):
+        Stage2EvalConfig(heldout_negative_style=True, sampling=SamplingConfig(guidance_scale=1.0))
+    assert Stage2EvalConfig(heldout_negative_style=True, sampling=SamplingConfig(guidance_scale=3.0))
+    with pytest.raises(ValueError, match="negative_scale must be positive"):
+        Stage2EvalConfig(heldout_negative_style=True, negative_scale=0.0)
