@@ -13,13 +13,13 @@ from PIL import Image
 
 from minidalle.arguments import check_int
 from minidalle.errors import ArgumentError
+from stage2_transformer.sampling import check_negative_scale_value
 
 # Upper bounds on the counts a caller types: a call beyond them would run for hours and hold every
 # decoded image in memory at once; split such work into several calls.
 MAX_PROMPTS = 1024
 MAX_IMAGES_PER_PROMPT = 256
 MAX_IMAGES_PER_CALL = 4096  # prompts x images (or candidates) per prompt
-MAX_NEGATIVE_SCALE = 1000.0  # past this the contrast swamps the caption's own logits entirely
 
 
 @dataclass(frozen=True)
@@ -91,12 +91,7 @@ def check_negative_scale(scale, negative: list[str] | None, default: float) -> f
         return default
     if negative is None:
         raise ArgumentError("negative_scale weighs the negative prompt: give negative_prompt too.")
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= MAX_NEGATIVE_SCALE:
-        raise ArgumentError(
-            f"negative_scale must be a number in (0, {MAX_NEGATIVE_SCALE:g}], got {scale!r} "
-            f"(default {default:g})."
-        )
-    return float(scale)
+    return check_negative_scale_value(scale, default)
 
 
 def check_completion(

@@ -37,7 +37,11 @@ from stage2_transformer.heldout_style import check_heldout_columns, heldout_grid
 from stage2_transformer.model import load_transformer
 from stage2_transformer.precompute import precompute_codes
 from stage2_transformer.run_config import CodesConfig, SamplingConfig
-from stage2_transformer.sampling import DEFAULT_NEGATIVE_SCALE, check_sampling_args
+from stage2_transformer.sampling import (
+    DEFAULT_NEGATIVE_SCALE,
+    check_negative_scale_value,
+    check_sampling_args,
+)
 from stage2_transformer.stage1_record import STAGE1_RECORD, describe, read_stage1_record, recorded_stage1_path
 from stage2_transformer.tokenizer import load_caption_tokenizer
 
@@ -65,10 +69,7 @@ class Stage2EvalConfig:
         check_int("num_samples", self.num_samples, 1, None)
         for scale in self.guidance_scales:
             check_sampling_args(self.sampling.temperature, None, None, scale)
-        if not self.negative_scale > 0:
-            raise ValueError(
-                f"negative_scale must be positive, got {self.negative_scale} (default {DEFAULT_NEGATIVE_SCALE:g})."
-            )
+        check_negative_scale_value(self.negative_scale)
         if self.heldout_negative_style and self.sampling.guidance_scale == 1.0:
             raise ValueError(
                 "heldout_negative_style needs guidance (a negative prompt acts through it): set "

@@ -139,32 +139,31 @@ def score_heldout_styles(
         top_k=cfg.sampling.top_k,
         top_p=cfg.sampling.top_p,
     )
-    samples = sample_images(model, layout, vqvae, tokenizer, captions, seed=cfg.seed, **settings)
-    sample_pixels = torch.stack([pil_to_tensor(image) for image in samples])  # (n, 3, H, W)
-    metrics = style_and_retrieval_scores(sample_pixels, truths, others)
+    metrics: dict[str, float] = {}
+
+    def sample_and_score(
+        prompts: list[str], near: torch.Tensor, far: torch.Tensor, prefix: str = "", **extra
+    ):
+        """Sample ``prompts`` (seeds cfg.seed + index) and score them: nearer ``near`` than ``far`` is right."""
+        images = sample_images(model, layout, vqvae, tokenizer, prompts, seed=cfg.seed, **settings, **extra)
+        pixels = torch.stack([pil_to_tensor(image) for image in images])  # (n, 3, H, W)
+        for key, value in style_and_retrieval_scores(pixels, near, far).items():
+            metrics[prefix + key] = value
+        return images
+
+    samples = sample_and_score(captions, truths, others)
     # The same scores on the training pairs of these emoji, roles swapped: how well the prior draws what
     # it was trained on bounds what it can carry over to the held-out style.
-    trained = sample_images(
-        model, layout, vqvae, tokenizer, [row["text"] for row in other_rows], seed=cfg.seed, **settings
-    )
-    trained_pixels = torch.stack([pil_to_tensor(image) for image in trained])  # (n, 3, H, W)
-    for key, value in style_and_retrieval_scores(trained_pixels, others, truths).items():
-        metrics[f"train_pairs_{key}"] = value
+    sample_and_score([row["text"] for row in other_rows], others, truths, "train_pairs_")
     if negatives is not None:  # the same captions and seeds, guided away from the other style's name
-        guided_away = sample_images(
-            model,
-            layout,
-            vqvae,
-            tokenizer,
+        sample_and_score(
             captions,
-            seed=cfg.seed,
+            truths,
+            others,
+            "negative_",
             negative_captions=negatives,
             negative_scale=cfg.negative_scale,
-            **settings,
         )
-        guided_away_pixels = torch.stack([pil_to_tensor(image) for image in guided_away])  # (n, 3, H, W)
-        for key, value in style_and_retrieval_scores(guided_away_pixels, truths, others).items():
-            metrics[f"negative_{key}"] = value
     if cfg.diversity_captions > 0 and diversity_samples > 1:
         repeated = [c for c in captions[: cfg.diversity_captions] for _ in range(diversity_samples)]
         groups = sample_images(

@@ -41,6 +41,7 @@ DEFAULT_GUIDANCE_PLAUSIBILITY = 0.05
 # plausibility cut's least value. See guided_logits.
 DEFAULT_NEGATIVE_SCALE = 32.0
 NEGATIVE_PLAUSIBILITY = 0.1
+MAX_NEGATIVE_SCALE = 1000.0  # past this the contrast swamps the caption's own logits entirely
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
 
@@ -335,6 +336,17 @@ def check_sampling_args(
             f"guidance_plausibility must lie in [0, 1) (0 = no cut), got {guidance_plausibility!r}."
         )
     return top_k
+
+
+def check_negative_scale_value(scale, default: float = DEFAULT_NEGATIVE_SCALE) -> float:
+    """The weight of the contrast against a negative prompt: a number in (0, MAX_NEGATIVE_SCALE]. The one
+    check of it: the pipeline and the evaluate command call it too."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= MAX_NEGATIVE_SCALE:
+        raise ArgumentError(
+            f"negative_scale must be a number in (0, {MAX_NEGATIVE_SCALE:g}], got {scale!r} "
+            f"(default {default:g})."
+        )
+    return float(scale)
 
 
 def _report_row(on_row, codes: torch.Tensor, i: int, w: int) -> None:

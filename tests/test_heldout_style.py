@@ -80,5 +80,5 @@ def test_negative_style_without_guidance_is_refused():
     with pytest.raises(ValueError, match="needs guidance"):
         Stage2EvalConfig(heldout_negative_style=True, sampling=SamplingConfig(guidance_scale=1.0))
     assert Stage2EvalConfig(heldout_negative_style=True, sampling=SamplingConfig(guidance_scale=3.0))
-    with pytest.raises(ValueError, match="negative_scale must be positive"):
+    with pytest.raises(ValueError, match=r"negative_scale must be a number in \(0, 1000\]"):
         Stage2EvalConfig(heldout_negative_style=True, negative_scale=0.0)
