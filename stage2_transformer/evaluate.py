@@ -9,9 +9,10 @@ one image per held-out caption, with and without classifier-free guidance, and r
 checker reads all four attributes as the caption states (``samples_all_four_pct_cfg<scale>``, a
 percentage) and the share of single attributes read right (``samples_attributes_pct_cfg<scale>``).
 On emoji data (``scripts/get_emoji.sh``), ``--heldout_style true`` adds the held-out style score of
-``stage2_transformer/heldout_style.py`` (style accuracy, retrieval, diversity) and writes held-out
-samples beside their true images to ``<run>/heldout_samples.png``; ``--heldout_negative_style true`` also
-scores samples guided away from the caption that names the other style. Prints a table and writes JSON.
+``stage2_transformer/heldout_style.py`` (style accuracy, retrieval, diversity; style accuracy and
+top-5 within each emoji category) and writes held-out samples beside their true images to
+``<run>/heldout_samples.png``; ``--heldout_negative_style true`` also scores samples guided away from
+the caption that names the other style. Prints a table and writes JSON.
 """
 
 from __future__ import annotations

@@ -61,13 +61,14 @@ def sample_images(
     batch_size: int = 32,
     negative_captions: list[str] | None = None,
     negative_scale: float = DEFAULT_NEGATIVE_SCALE,
+    return_codes: bool = False,
 ):
     """Sample one image per caption (PIL), each with its own seeded stream (seed + index).
 
     ``negative_captions``: one per caption, a negative prompt that guidance steers away from with weight
-    ``negative_scale``."""
+    ``negative_scale``. ``return_codes``: also return the sampled codes, (n, h, w) on the CPU."""
     device = next(model.parameters()).device
-    images = []
+    images, all_codes = [], []
     for start in range(0, len(captions), batch_size):
         chunk = captions[start : start + batch_size]
         text_ids = encode_captions(tokenizer, chunk, layout.text_len, warn=False).to(device)  # (b, T)
@@ -90,4 +91,5 @@ def sample_images(
         )  # (b, h, w)
         pixels = vqvae.decode_codes(codes.to(next(vqvae.parameters()).device))  # (b, 3, H, W)
         images.extend(tensor_to_pil(pixels))
-    return images
+        all_codes.append(codes.cpu())
+    return (images, torch.cat(all_codes)) if return_codes else images

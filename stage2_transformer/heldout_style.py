@@ -28,6 +28,11 @@ model needed:
 * Bits per image of the held-out images with and without the caption come from ``evaluate_prior``
   (``bits_ratio_caption_to_empty``): how much the caption helps the likelihood, with no sampling;
   it cannot tell whether samples look right.
+* ``category_<name>_*`` (when the data have a ``category`` column): the captions, style accuracy and
+  retrieval top-5 of the plain samples within each emoji category, ranks still among all held-out
+  images. It tells which kinds of picture the prior carries to the other style: families drawn to one
+  pattern (flags, faces, hands in skin tones) against one-off objects (food, animals), which the
+  prior can only draw the way it saw them; a category of a few captions says little.
 
 Distances are mean squared errors of pixels in [-1, 1] at the stage-1 model's resolution.
 """
@@ -50,6 +55,30 @@ def pixel_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.cdist(a.flatten(1), b.flatten(1)).square() / a[0].numel()  # (n, m)
 
 
+def style_and_rank(
+    samples: torch.Tensor, truths: torch.Tensor, other_styles: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per caption: is the sample in the right style (n,) bool, and the true image's rank (n,) among all
+    ``truths`` by distance to the sample (1 = nearest); all inputs (n, 3, H, W), row i belongs together.
+
+    A tie counts against the sample: ``samples`` equal to both images are in the wrong style.
+    """
+    to_truths = pixel_mse(samples, truths)  # (n, n): sample i to held-out image j
+    to_own_truth = to_truths.diagonal()  # (n,)
+    to_other_style = (samples - other_styles).square().flatten(1).mean(1)  # (n,)
+    rank = 1 + (to_truths < to_own_truth[:, None]).sum(1)  # (n,)
+    return to_own_truth < to_other_style, rank
+
+
+def percentages(right_style: torch.Tensor, rank: torch.Tensor) -> dict[str, float]:
+    """Style accuracy and retrieval top-1/top-5 (percentages) of the captions given."""
+    return {
+        "style_accuracy_pct": 100.0 * right_style.float().mean().item(),
+        "retrieval_top1_pct": 100.0 * (rank <= 1).float().mean().item(),
+        "retrieval_top5_pct": 100.0 * (rank <= 5).float().mean().item(),
+    }
+
+
 def style_and_retrieval_scores(
     samples: torch.Tensor, truths: torch.Tensor, other_styles: torch.Tensor
 ) -> dict[str, float]:
@@ -57,15 +86,26 @@ def style_and_retrieval_scores(
 
     A tie counts against the sample: ``samples`` equal to both images score 0% style accuracy.
     """
-    to_truths = pixel_mse(samples, truths)  # (n, n): sample i to held-out image j
-    to_own_truth = to_truths.diagonal()  # (n,)
-    to_other_style = (samples - other_styles).square().flatten(1).mean(1)  # (n,)
-    rank = 1 + (to_truths < to_own_truth[:, None]).sum(1)  # (n,) 1 = the true image is nearest
-    return {
-        "style_accuracy_pct": 100.0 * (to_own_truth < to_other_style).float().mean().item(),
-        "retrieval_top1_pct": 100.0 * (rank <= 1).float().mean().item(),
-        "retrieval_top5_pct": 100.0 * (rank <= 5).float().mean().item(),
-    }
+    return percentages(*style_and_rank(samples, truths, other_styles))
+
+
+def scores_by_group(
+    samples: torch.Tensor, truths: torch.Tensor, other_styles: torch.Tensor, groups: list[str]
+) -> dict[str, float]:
+    """Style accuracy and retrieval top-5 within each group (an emoji category), ranks still among all
+    ``truths``: keys ``<group>_captions``, ``<group>_style_accuracy_pct``, ``<group>_retrieval_top5_pct``,
+    the group named in lower case with runs of other characters as one ``_`` ("Food & Drink" -> food_drink).
+    """
+    right_style, rank = style_and_rank(samples, truths, other_styles)
+    scores: dict[str, float] = {}
+    for group in sorted(set(groups)):
+        rows = torch.tensor([g == group for g in groups])  # (n,)
+        name = re.sub(r"[^a-z0-9]+", "_", group.lower()).strip("_")
+        group_scores = percentages(right_style[rows], rank[rows])
+        scores[f"{name}_captions"] = int(rows.sum())
+        scores[f"{name}_style_accuracy_pct"] = group_scores["style_accuracy_pct"]
+        scores[f"{name}_retrieval_top5_pct"] = group_scores["retrieval_top5_pct"]
+    return scores
 
 
 def mean_pairwise_mse(groups: torch.Tensor) -> float:
@@ -144,14 +184,19 @@ def score_heldout_styles(
     def sample_and_score(
         prompts: list[str], near: torch.Tensor, far: torch.Tensor, prefix: str = "", **extra
     ):
-        """Sample ``prompts`` (seeds cfg.seed + index) and score them: nearer ``near`` than ``far`` is right."""
+        """Sample ``prompts`` (seeds cfg.seed + index) and score them: nearer ``near`` than ``far`` is right.
+        Returns the samples as PIL images and as pixels (n, 3, H, W)."""
         images = sample_images(model, layout, vqvae, tokenizer, prompts, seed=cfg.seed, **settings, **extra)
         pixels = torch.stack([pil_to_tensor(image) for image in images])  # (n, 3, H, W)
         for key, value in style_and_retrieval_scores(pixels, near, far).items():
             metrics[prefix + key] = value
-        return images
+        return images, pixels
 
-    samples = sample_and_score(captions, truths, others)
+    samples, sample_pixels = sample_and_score(captions, truths, others)
+    if "category" in eval_hf.column_names:
+        categories = [row["category"] for row in heldout_rows]
+        by_category = scores_by_group(sample_pixels, truths, others, categories)
+        metrics.update({f"category_{key}": value for key, value in by_category.items()})
     # The same scores on the training pairs of these emoji, roles swapped: how well the prior draws what
     # it was trained on bounds what it can carry over to the held-out style.
     sample_and_score([row["text"] for row in other_rows], others, truths, "train_pairs_")

@@ -78,6 +78,28 @@ def test_emoji32_configs_train_and_score_heldout_styles(tmp_path, emoji_folders)
             assert 0 <= report[prefix + key] <= 100
     assert report["retrieval_top5_pct"] == 100.0  # 2 held-out images: the true one is always in the top 5
     assert report["diversity_mse"] >= 0 and report["heldout_pairwise_mse"] > 0
+    # every held-out caption counted in exactly one category of the breakdown
+    category_counts = [
+        value for key, value in report.items() if key.endswith("_captions") and "category_" in key
+    ]
+    assert category_counts and sum(category_counts) == report["heldout_captions"]
     assert report["bits_ratio_caption_to_empty"] > 0
     assert json.loads((stage2 / "eval_metrics.json").read_text()) == report
     assert Image.open(stage2 / "heldout_samples.png").width > 2 * 128  # sample and true image side by side
+
+    # The candidates benchmark on the same run: candidate 0 is the sample the evaluate command scored.
+    from benchmarks.heldout_candidates import RULES
+    from benchmarks.heldout_candidates import main as candidates
+
+    out = tmp_path / "candidates.json"
+    bench = candidates(
+        ["--run", str(stage2), "--data", str(emoji_folders[32]), "--candidates", "3", "--out", str(out)]
+    )
+    every = bench["groups"]["all"]
+    assert every["captions"] == 2 and set(RULES) <= set(every)
+    assert every["first"]["style_accuracy_pct"] == report["style_accuracy_pct"]
+    assert every["negative style"]["style_accuracy_pct"] == report["negative_style_accuracy_pct"]
+    # any of the candidates in the right style is at least as often as the first or the prior's pick
+    for rule in ("first", "all candidates", "prior's pick"):
+        assert every[rule]["style_accuracy_pct"] <= every["any candidate"]["style_accuracy_pct"]
+    assert json.loads(out.read_text())["groups"] == bench["groups"]

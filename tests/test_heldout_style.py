@@ -11,6 +11,7 @@ from stage2_transformer.heldout_style import (
     negative_style_caption,
     other_style_rows,
     pixel_mse,
+    scores_by_group,
     style_and_retrieval_scores,
 )
 
@@ -35,6 +36,25 @@ def test_half_right_styles_and_ranks_counted_per_caption():
     shifted = truths.roll(1, dims=0)
     scores = style_and_retrieval_scores(shifted, truths, other_styles)
     assert scores["retrieval_top1_pct"] == 0.0 and scores["retrieval_top5_pct"] < 100.0
+
+
+def test_scores_by_group_split_the_captions_and_rank_among_all_images():
+    levels = torch.linspace(-1, 1, 8)
+    truths = levels[:, None, None, None].expand(8, 3, 4, 4)  # image j is flat grey at levels[j]
+    # Flags (rows 0-4) drawn right; food (rows 5-7) all drawn as flag 0's image, which is also the food's
+    # other-style image: wrong style, and 5 or more held-out images nearer than the food's own.
+    samples = torch.cat([truths[:5], truths[:1].expand(3, 3, 4, 4)])
+    other_styles = torch.cat([-truths[:5] + 3, truths[:1].expand(3, 3, 4, 4)])
+    groups = ["Flags"] * 5 + ["Food & Drink"] * 3
+    scores = scores_by_group(samples, truths, other_styles, groups)
+    assert (scores["flags_captions"], scores["food_drink_captions"]) == (5, 3)
+    assert scores["flags_style_accuracy_pct"] == 100.0 and scores["flags_retrieval_top5_pct"] == 100.0
+    assert scores["food_drink_style_accuracy_pct"] == 0.0
+    # Ranks are among all 8 held-out images: among the group's 3 alone every true image would be in the top 5.
+    assert scores["food_drink_retrieval_top5_pct"] == 0.0
+    assert (
+        style_and_retrieval_scores(samples[5:], truths[5:], other_styles[5:])["retrieval_top5_pct"] == 100.0
+    )
 
 
 def test_pixel_mse_and_diversity():
