@@ -31,8 +31,8 @@ model needed:
 * ``category_<name>_*`` (when the data have a ``category`` column): the captions, style accuracy and
   retrieval top-5 of the plain samples within each emoji category, ranks still among all held-out
   images. It tells which kinds of picture the prior carries to the other style: families drawn to one
-  pattern (flags, faces, hands in skin tones) against one-off objects (food, animals), which the
-  prior can only draw the way it saw them; a category of a few captions says little.
+  pattern (flags, faces, hands) against one-off objects (food, animals), which the prior can only
+  draw the way it saw them; a category of a few captions says little.
 
 Distances are mean squared errors of pixels in [-1, 1] at the stage-1 model's resolution.
 """
