@@ -79,24 +79,12 @@ def percentages(right_style: torch.Tensor, rank: torch.Tensor) -> dict[str, floa
     }
 
 
-def style_and_retrieval_scores(
-    samples: torch.Tensor, truths: torch.Tensor, other_styles: torch.Tensor
-) -> dict[str, float]:
-    """Style accuracy and retrieval top-1/top-5 (percentages); all inputs (n, 3, H, W), row i belongs together.
-
-    A tie counts against the sample: ``samples`` equal to both images score 0% style accuracy.
+def scores_by_group(right_style: torch.Tensor, rank: torch.Tensor, groups: list[str]) -> dict[str, float]:
+    """Style accuracy and retrieval top-5 within each group (an emoji category), from ``style_and_rank``'s
+    per-caption flags and ranks (so ranks stay among all held-out images): keys ``<group>_captions``,
+    ``<group>_style_accuracy_pct``, ``<group>_retrieval_top5_pct``, the group named in lower case with runs
+    of other characters as one ``_`` ("Food & Drink" -> food_drink).
     """
-    return percentages(*style_and_rank(samples, truths, other_styles))
-
-
-def scores_by_group(
-    samples: torch.Tensor, truths: torch.Tensor, other_styles: torch.Tensor, groups: list[str]
-) -> dict[str, float]:
-    """Style accuracy and retrieval top-5 within each group (an emoji category), ranks still among all
-    ``truths``: keys ``<group>_captions``, ``<group>_style_accuracy_pct``, ``<group>_retrieval_top5_pct``,
-    the group named in lower case with runs of other characters as one ``_`` ("Food & Drink" -> food_drink).
-    """
-    right_style, rank = style_and_rank(samples, truths, other_styles)
     scores: dict[str, float] = {}
     for group in sorted(set(groups)):
         rows = torch.tensor([g == group for g in groups])  # (n,)
@@ -185,17 +173,18 @@ def score_heldout_styles(
         prompts: list[str], near: torch.Tensor, far: torch.Tensor, prefix: str = "", **extra
     ):
         """Sample ``prompts`` (seeds cfg.seed + index) and score them: nearer ``near`` than ``far`` is right.
-        Returns the samples as PIL images and as pixels (n, 3, H, W)."""
+        Returns the samples (PIL) and ``style_and_rank``'s per-caption flags and ranks."""
         images = sample_images(model, layout, vqvae, tokenizer, prompts, seed=cfg.seed, **settings, **extra)
         pixels = torch.stack([pil_to_tensor(image) for image in images])  # (n, 3, H, W)
-        for key, value in style_and_retrieval_scores(pixels, near, far).items():
+        right_style, rank = style_and_rank(pixels, near, far)
+        for key, value in percentages(right_style, rank).items():
             metrics[prefix + key] = value
-        return images, pixels
+        return images, right_style, rank
 
-    samples, sample_pixels = sample_and_score(captions, truths, others)
+    samples, right_style, rank = sample_and_score(captions, truths, others)
     if "category" in eval_hf.column_names:
         categories = [row["category"] for row in heldout_rows]
-        by_category = scores_by_group(sample_pixels, truths, others, categories)
+        by_category = scores_by_group(right_style, rank, categories)
         metrics.update({f"category_{key}": value for key, value in by_category.items()})
     # The same scores on the training pairs of these emoji, roles swapped: how well the prior draws what
     # it was trained on bounds what it can carry over to the held-out style.

@@ -10,9 +10,10 @@ from stage2_transformer.heldout_style import (
     mean_pairwise_mse,
     negative_style_caption,
     other_style_rows,
+    percentages,
     pixel_mse,
     scores_by_group,
-    style_and_retrieval_scores,
+    style_and_rank,
 )
 
 
@@ -22,19 +23,19 @@ def images(n: int, seed: int) -> torch.Tensor:
 
 def test_identical_samples_score_full_marks_and_swapped_styles_score_zero():
     truths, other_styles = images(10, 0), images(10, 1)
-    perfect = style_and_retrieval_scores(truths.clone(), truths, other_styles)
+    perfect = percentages(*style_and_rank(truths.clone(), truths, other_styles))
     assert perfect == {"style_accuracy_pct": 100.0, "retrieval_top1_pct": 100.0, "retrieval_top5_pct": 100.0}
-    swapped = style_and_retrieval_scores(other_styles.clone(), truths, other_styles)
+    swapped = percentages(*style_and_rank(other_styles.clone(), truths, other_styles))
     assert swapped["style_accuracy_pct"] == 0.0
 
 
 def test_half_right_styles_and_ranks_counted_per_caption():
     truths, other_styles = images(8, 0), images(8, 1)
     samples = torch.cat([truths[:4], other_styles[4:]])  # right style for the first half only
-    assert style_and_retrieval_scores(samples, truths, other_styles)["style_accuracy_pct"] == 50.0
+    assert percentages(*style_and_rank(samples, truths, other_styles))["style_accuracy_pct"] == 50.0
     # each sample is a copy of the *next* caption's true image: the true one is never nearest
     shifted = truths.roll(1, dims=0)
-    scores = style_and_retrieval_scores(shifted, truths, other_styles)
+    scores = percentages(*style_and_rank(shifted, truths, other_styles))
     assert scores["retrieval_top1_pct"] == 0.0 and scores["retrieval_top5_pct"] < 100.0
 
 
@@ -46,14 +47,14 @@ def test_scores_by_group_split_the_captions_and_rank_among_all_images():
     samples = torch.cat([truths[:5], truths[:1].expand(3, 3, 4, 4)])
     other_styles = torch.cat([-truths[:5] + 3, truths[:1].expand(3, 3, 4, 4)])
     groups = ["Flags"] * 5 + ["Food & Drink"] * 3
-    scores = scores_by_group(samples, truths, other_styles, groups)
+    scores = scores_by_group(*style_and_rank(samples, truths, other_styles), groups)
     assert (scores["flags_captions"], scores["food_drink_captions"]) == (5, 3)
     assert scores["flags_style_accuracy_pct"] == 100.0 and scores["flags_retrieval_top5_pct"] == 100.0
     assert scores["food_drink_style_accuracy_pct"] == 0.0
     # Ranks are among all 8 held-out images: among the group's 3 alone every true image would be in the top 5.
     assert scores["food_drink_retrieval_top5_pct"] == 0.0
     assert (
-        style_and_retrieval_scores(samples[5:], truths[5:], other_styles[5:])["retrieval_top5_pct"] == 100.0
+        percentages(*style_and_rank(samples[5:], truths[5:], other_styles[5:]))["retrieval_top5_pct"] == 100.0
     )
 
 
