@@ -1,7 +1,7 @@
 """How much can choosing among samples do for the held-out emoji score? Several samples per caption, by category.
 
     python benchmarks/heldout_candidates.py --run outputs/stage2_emoji32 --data data/emoji32 \\
-        [--candidates 16] [--guidance 3] [--negative_scale 32] [--seed 1234] \\
+        [--candidates 16] [--guidance 3] [--negative_scale 32] [--negative_candidates] [--seed 1234] \\
         [--out benchmarks/results/heldout_candidates.json]
 
 For each held-out (emoji, style) caption of an emoji data folder (``scripts/get_emoji.sh``), the stage-2
@@ -19,10 +19,16 @@ retrieval top-5 (``stage2_transformer/heldout_style.py``) of:
 - **any candidate**: the share of captions for which at least one candidate is in the right style (or
   has the true image in its top 5): the most that any re-ranker choosing among these samples could reach.
 
+With ``--negative_candidates`` every candidate is drawn as the negative-style sample is (candidate 0 is
+then that sample), so the prior's pick and "any candidate" choose among samples steered away from the
+other style.
+
 Groups: *families* (flags, people and body, smileys: many emoji drawn to one pattern, so the other style
 of one is the pattern applied to it), *one-offs* (food and drink, animals and nature, activities,
 objects: each emoji its own drawing), *other* (symbols, travel and places), then *all*.
-Prints a table and writes JSON. On the 8x8 emoji prior 16 candidates take about 3 min on 2 CPU cores.
+Prints a table and writes JSON: the table and, per caption, candidate 0's and the negative sample's
+scores and pixel MSE to the true image, and the prior's pick. On the 8x8 emoji prior 16 candidates take
+about 3 min on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -40,14 +46,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 from minidalle import data as data_lib  # noqa: E402
-from minidalle.pixels import pil_to_tensor, preprocess  # noqa: E402
+from minidalle.pixels import pil_to_tensor  # noqa: E402
 from stage1_vqvae.model import VQVAE  # noqa: E402
 from stage2_transformer.evaluate import stage1_model_of_run  # noqa: E402
 from stage2_transformer.evaluation import sample_images  # noqa: E402
 from stage2_transformer.heldout_style import (  # noqa: E402
-    check_heldout_columns,
+    format_group_table,
+    group_masks,
+    heldout_pairs,
     negative_style_caption,
-    other_style_rows,
     percentages,
     style_and_rank,
 )
@@ -55,15 +62,7 @@ from stage2_transformer.model import load_transformer  # noqa: E402
 from stage2_transformer.sampling import image_token_log_likelihood  # noqa: E402
 from stage2_transformer.tokenizer import encode_captions, load_caption_tokenizer  # noqa: E402
 
-GROUPS = {
-    "families": ("Flags", "People & Body", "Smileys & Emotion"),
-    "one-offs": ("Food & Drink", "Animals & Nature", "Activities", "Objects"),
-}
 RULES = ("first", "negative style", "all candidates", "prior's pick", "any candidate")
-
-
-def group_of(category: str) -> str:
-    return next((name for name, members in GROUPS.items() if category in members), "other")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -75,6 +74,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--candidates", type=int, default=16)
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--negative_scale", type=float, default=32.0)
+    p.add_argument(
+        "--negative_candidates",
+        action="store_true",
+        help="draw every candidate with guidance against the other style's caption",
+    )
     p.add_argument("--max_captions", type=int, default=None, help="score only the first N held-out captions")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--out", default="benchmarks/results/heldout_candidates.json")
@@ -91,11 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
     resolution = vqvae.config.resolution
     data_cfg = data_lib.DataConfig(source="imagefolder", path=args.data, resolution=resolution)
     train_hf, eval_hf = data_lib.load_train_eval(data_cfg)
-    check_heldout_columns(eval_hf)
-    rows = list(eval_hf.select(range(min(args.max_captions or len(eval_hf), len(eval_hf)))))
-    other_rows = other_style_rows(rows, train_hf.select_columns(["image", "unified", "style"]))
-    truths = torch.stack([preprocess(row["image"], resolution) for row in rows])  # (n, 3, H, W)
-    others = torch.stack([preprocess(row["image"], resolution) for row in other_rows])  # (n, 3, H, W)
+    rows, other_rows, truths, others = heldout_pairs(eval_hf, train_hf, resolution, args.max_captions)
     captions = [row["text"] for row in rows]
     negatives = [
         negative_style_caption(c, row["style"], other["style"])
@@ -103,6 +103,14 @@ def main(argv: list[str] | None = None) -> dict:
     ]
     n = len(captions)
     settings = dict(guidance_scale=args.guidance)
+    candidate_settings = (
+        dict(negative_captions=negatives, negative_scale=args.negative_scale)
+        if args.negative_candidates
+        else {}
+    )
+
+    def mse_to_truth(pixels: torch.Tensor) -> torch.Tensor:
+        return (pixels - truths).square().flatten(1).mean(1)  # (n,): sample i to its own true image
 
     start = time.perf_counter()
     right_style, ranks, contrast = [], [], []  # each (n,) per candidate
@@ -110,12 +118,22 @@ def main(argv: list[str] | None = None) -> dict:
     negative_ids = encode_captions(tokenizer, negatives, layout.text_len, warn=False)  # (n, T)
     for k in range(args.candidates):
         images, codes = sample_images(
-            model, layout, vqvae, tokenizer, captions, seed=args.seed + k * n, return_codes=True, **settings
+            model,
+            layout,
+            vqvae,
+            tokenizer,
+            captions,
+            seed=args.seed + k * n,
+            return_codes=True,
+            **settings,
+            **candidate_settings,
         )
         pixels = torch.stack([pil_to_tensor(image) for image in images])  # (n, 3, H, W)
         right, rank = style_and_rank(pixels, truths, others)
         right_style.append(right)
         ranks.append(rank)
+        if k == 0:
+            first_mse = mse_to_truth(pixels)
         flat = codes.flatten(1)  # (n, h*w)
         contrast.append(
             image_token_log_likelihood(model, layout, caption_ids, flat, batch_size=64).cpu()
@@ -137,19 +155,15 @@ def main(argv: list[str] | None = None) -> dict:
         negative_scale=args.negative_scale,
         **settings,
     )
-    negative_right, negative_rank = style_and_rank(
-        torch.stack([pil_to_tensor(image) for image in negative_images]), truths, others
-    )
+    negative_pixels = torch.stack([pil_to_tensor(image) for image in negative_images])  # (n, 3, H, W)
+    negative_right, negative_rank = style_and_rank(negative_pixels, truths, others)
+    negative_mse = mse_to_truth(negative_pixels)
     seconds = time.perf_counter() - start
 
     picked = contrast.argmax(1)  # (n,) the prior's pick
     rows_of = torch.arange(n)
-    groups = [group_of(row["category"]) for row in rows]
     table: dict[str, dict] = {}
-    for name in [*GROUPS, "other", "all"]:
-        mask = torch.tensor([name in ("all", g) for g in groups])  # (n,)
-        if not mask.any():
-            continue
+    for name, mask in group_masks([row["category"] for row in rows]).items():  # mask: (n,)
         scores = {
             "first": percentages(right_style[mask, 0], ranks[mask, 0]),
             "negative style": percentages(negative_right[mask], negative_rank[mask]),
@@ -160,14 +174,30 @@ def main(argv: list[str] | None = None) -> dict:
         }
         table[name] = {"captions": int(mask.sum()), **scores}
 
-    print(f"\nHeld-out captions of {args.data}, {args.candidates} candidates each, run {run}")
+    steered = ", each steered away from the other style" if args.negative_candidates else ""
+    print(f"\nHeld-out captions of {args.data}, {args.candidates} candidates each{steered}, run {run}")
     print("style accuracy / retrieval top-5, %")
-    print(f"{'group':<10} {'captions':>8}  " + "  ".join(f"{rule:>15}" for rule in RULES))
-    for name, row in table.items():
-        cells = [f"{row[r]['style_accuracy_pct']:5.1f} / {row[r]['retrieval_top5_pct']:4.1f}" for r in RULES]
-        print(f"{name:<10} {row['captions']:>8}  " + "  ".join(f"{c:>15}" for c in cells))
+    print(format_group_table(table, RULES))
     print(f"sampling and scoring: {seconds:.0f} s")
-    report = {"run": str(run), "data": args.data, **vars(args), "seconds": seconds, "groups": table}
+    per_caption = [
+        {
+            "caption": captions[i],
+            "category": rows[i]["category"],
+            "first": {
+                "right_style": bool(right_style[i, 0]),
+                "rank": int(ranks[i, 0]),
+                "mse": float(first_mse[i]),
+            },
+            "negative style": {
+                "right_style": bool(negative_right[i]),
+                "rank": int(negative_rank[i]),
+                "mse": float(negative_mse[i]),
+            },
+            "prior's pick": int(picked[i]),
+        }
+        for i in range(n)
+    ]  # mse: pixel MSE to the true image, which tells two samples apart where the scores cannot
+    report = {**vars(args), "seconds": seconds, "groups": table, "captions": per_caption}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")

@@ -8,6 +8,9 @@ model needed:
   same emoji's training image in the other style; chance is 50%. It tells whether the caption's style
   word moved the picture towards the right style *for that emoji*. It cannot tell whether the picture
   is good: a blurry average of both styles that leans the right way scores as well as a sharp drawing.
+  Nor does it reward redrawing the emoji from its other style: on one-off emoji (food, animals) the two
+  styles' drawings share little, and drawings made from the other style's picture with what the
+  two-style training pairs show fall below chance (``benchmarks/heldout_style_references.py``).
 * ``retrieval_top1_pct`` / ``retrieval_top5_pct``: the true image's rank among all held-out images
   by distance to the sample. It tells whether the sample is specific to its emoji (shape, colours);
   pixel MSE rewards matching layout and colour, so it cannot tell "right object, shifted or
@@ -48,6 +51,43 @@ from PIL import Image
 from minidalle.images import captioned_grid
 from minidalle.pixels import pil_to_tensor, preprocess, tensor_to_pil
 from stage2_transformer.evaluation import sample_images
+
+# Emoji categories by how the other style of an emoji relates to it: *families* are many emoji drawn to one
+# pattern (the other style of one is the pattern applied to it), *one-offs* each their own drawing; the
+# rest (symbols, travel and places) are "other".
+CATEGORY_GROUPS = {
+    "families": ("Flags", "People & Body", "Smileys & Emotion"),
+    "one-offs": ("Food & Drink", "Animals & Nature", "Activities", "Objects"),
+}
+
+
+def category_group(category: str) -> str:
+    """The group of ``CATEGORY_GROUPS`` an emoji category belongs to, else "other"."""
+    return next((name for name, members in CATEGORY_GROUPS.items() if category in members), "other")
+
+
+def group_masks(categories: list[str]) -> dict[str, torch.Tensor]:
+    """Per group of ``CATEGORY_GROUPS``, then "other" and "all": which captions (n,) bool belong to it;
+    groups with no caption are left out."""
+    groups = [category_group(category) for category in categories]
+    masks = {
+        name: torch.tensor([name in ("all", g) for g in groups])
+        for name in [*CATEGORY_GROUPS, "other", "all"]
+    }
+    return {name: mask for name, mask in masks.items() if mask.any()}
+
+
+def format_group_table(table: dict[str, dict], columns: list[str] | tuple[str, ...]) -> str:
+    """Lines of "style accuracy / retrieval top-5" per group (rows) and column, from
+    ``table[group] = {"captions": n, column: percentages(...), ...}``."""
+    width = max(15, *(len(c) for c in columns))
+    lines = [f"{'group':<10} {'captions':>8}  " + "  ".join(f"{c:>{width}}" for c in columns)]
+    for name, row in table.items():
+        cells = [
+            f"{row[c]['style_accuracy_pct']:5.1f} / {row[c]['retrieval_top5_pct']:4.1f}" for c in columns
+        ]
+        lines.append(f"{name:<10} {row['captions']:>8}  " + "  ".join(f"{c:>{width}}" for c in cells))
+    return "\n".join(lines)
 
 
 def pixel_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -120,6 +160,18 @@ def other_style_rows(heldout_rows, train_rows) -> list:
     return others
 
 
+def heldout_pairs(eval_hf, train_hf, resolution: int, max_captions: int | None = None):
+    """The first ``max_captions`` held-out rows (all if None), each one's training row of the same emoji in
+    the other style, and both as pictures: ``(rows, other_rows, truths, others)``, pictures (n, 3, H, W)."""
+    check_heldout_columns(eval_hf)
+    count = len(eval_hf) if max_captions is None else min(max_captions, len(eval_hf))
+    rows = list(eval_hf.select(range(count)))
+    other_rows = other_style_rows(rows, train_hf.select_columns(["image", "text", "unified", "style"]))
+    truths = torch.stack([preprocess(row["image"], resolution) for row in rows])  # (n, 3, H, W)
+    others = torch.stack([preprocess(row["image"], resolution) for row in other_rows])  # (n, 3, H, W)
+    return rows, other_rows, truths, others
+
+
 def negative_style_caption(caption: str, style: str, other_style: str) -> str:
     """The caption with its style's name replaced by the other style's: "penguin, noto style" ->
     "penguin, twemoji style", the negative prompt that steers a sample away from the other style."""
@@ -147,13 +199,9 @@ def score_heldout_styles(
     ``cfg`` is the evaluate command's config: ``sampling``, ``seed``, ``num_samples`` (captions scored)
     and ``diversity_captions`` (captions sampled ``diversity_samples`` times each).
     """
-    check_heldout_columns(eval_hf)
-    heldout_rows = list(eval_hf.select(range(min(cfg.num_samples, len(eval_hf)))))
-    resolution = vqvae.config.resolution
-    truths = torch.stack([preprocess(row["image"], resolution) for row in heldout_rows])  # (n, 3, H, W)
-    train_rows = train_hf.select_columns(["image", "text", "unified", "style"])
-    other_rows = other_style_rows(heldout_rows, train_rows)
-    others = torch.stack([preprocess(row["image"], resolution) for row in other_rows])  # (n, 3, H, W)
+    heldout_rows, other_rows, truths, others = heldout_pairs(
+        eval_hf, train_hf, vqvae.config.resolution, cfg.num_samples
+    )  # truths, others: (n, 3, H, W)
     captions = [row["text"] for row in heldout_rows]
     negatives = None  # built before any sampling: a caption that does not name its style fails first
     if cfg.heldout_negative_style:

@@ -103,3 +103,31 @@ def test_emoji32_configs_train_and_score_heldout_styles(tmp_path, emoji_folders)
     for rule in ("first", "all candidates", "prior's pick"):
         assert every[rule]["style_accuracy_pct"] <= every["any candidate"]["style_accuracy_pct"]
     assert json.loads(out.read_text())["groups"] == bench["groups"]
+    # Every candidate steered away from the other style: candidate 0 is then the negative-style sample.
+    steered = candidates(
+        ["--run", str(stage2), "--data", str(emoji_folders[32]), "--candidates", "2", "--negative_candidates"]
+        + ["--out", str(out)]
+    )
+    # mse to the true image tells the samples apart: plain and steered differ, steered candidate 0 is the
+    # negative-style sample
+    for plain, steered_caption in zip(bench["captions"], steered["captions"]):
+        assert plain["first"]["mse"] != plain["negative style"]["mse"]
+        assert steered_caption["first"] == steered_caption["negative style"] == plain["negative style"]
+
+
+def test_heldout_style_references_on_known_answers(tmp_path, emoji_folders):
+    """The fake packs paint each style one colour in the emoji's left half, with a small mark per emoji: the
+    other style's picture is the wrong style by construction, and anything drawn in the asked style's
+    colour (the style's mean, the analogy, the linear translator) is the right one."""
+    from benchmarks.heldout_style_references import REFERENCES
+    from benchmarks.heldout_style_references import main as references
+
+    out = tmp_path / "references.json"
+    report = references(["--data", emoji_folders[32], "--translator_steps", "2", "--out", str(out)])
+    every = report["groups"]["all"]
+    assert every["captions"] == 2 and set(REFERENCES) <= set(every)
+    assert every["other style's picture"]["style_accuracy_pct"] == 0.0
+    for reference in ("style's mean picture", "analogy", "linear translator"):
+        assert every[reference]["style_accuracy_pct"] == 100.0, reference
+    assert 0 <= every["conv translator"]["style_accuracy_pct"] <= 100
+    assert json.loads(out.read_text())["groups"] == report["groups"]

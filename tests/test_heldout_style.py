@@ -103,3 +103,30 @@ def test_negative_style_without_guidance_is_refused():
     assert Stage2EvalConfig(heldout_negative_style=True, sampling=SamplingConfig(guidance_scale=3.0))
     with pytest.raises(ValueError, match=r"negative_scale must be a number in \(0, 1000\]"):
         Stage2EvalConfig(heldout_negative_style=True, negative_scale=0.0)
+
+
+def test_reference_translators_recover_a_known_mapping():
+    from benchmarks.heldout_style_references import analogy, fit_linear_translator
+
+    sources = images(40, 0)[:, :, :2, :2]  # (40, 3, 2, 2): 12 pixels, more pairs than pixels
+    translate = fit_linear_translator(sources, -0.5 * sources, ridge=1e-6)
+    new = images(5, 1)[:, :, :2, :2]
+    assert translate(new) == pytest.approx(-0.5 * new, abs=1e-4)
+    # analogy: the target of the nearest source, here the source's own row
+    assert torch.equal(analogy(sources[[3, 7]] + 1e-3, sources, -sources), -sources[[3, 7]])
+
+
+def test_group_table_lines():
+    from stage2_transformer.heldout_style import format_group_table, group_masks
+
+    masks = group_masks(["Flags", "Food & Drink", "Symbols", "Flags"])
+    assert {name: int(mask.sum()) for name, mask in masks.items()} == {
+        "families": 2,
+        "one-offs": 1,
+        "other": 1,
+        "all": 4,
+    }
+    scores = {"style_accuracy_pct": 87.5, "retrieval_top1_pct": 0.0, "retrieval_top5_pct": 40.0}
+    lines = format_group_table({"all": {"captions": 4, "first": scores}}, ["first"]).splitlines()
+    assert lines[0].split() == ["group", "captions", "first"]
+    assert lines[1].split() == ["all", "4", "87.5", "/", "40.0"]
