@@ -95,7 +95,10 @@ def main(argv: list[str] | None = None) -> dict:
     resolution = vqvae.config.resolution
     data_cfg = data_lib.DataConfig(source="imagefolder", path=args.data, resolution=resolution)
     train_hf, eval_hf = data_lib.load_train_eval(data_cfg)
-    rows, other_rows, truths, others = heldout_pairs(eval_hf, train_hf, resolution, args.max_captions)
+    try:
+        rows, other_rows, truths, others = heldout_pairs(eval_hf, train_hf, resolution, args.max_captions)
+    except ValueError as err:  # not emoji data: say so, no traceback
+        p.error(str(err))
     captions = [row["text"] for row in rows]
     negatives = [
         negative_style_caption(c, row["style"], other["style"])

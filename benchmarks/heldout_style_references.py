@@ -180,7 +180,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     data_cfg = data_lib.DataConfig(source="imagefolder", path=args.data, resolution=args.resolution)
     train_hf, eval_hf = data_lib.load_train_eval(data_cfg)
-    rows, other_rows, truths, others = heldout_pairs(eval_hf, train_hf, args.resolution)  # (n, 3, H, W)
+    try:
+        rows, other_rows, truths, others = heldout_pairs(eval_hf, train_hf, args.resolution)  # (n, 3, H, W)
+    except ValueError as err:  # not emoji data: say so, no traceback
+        p.error(str(err))
     pictures = {
         (row["unified"], row["style"]): preprocess(row["image"], args.resolution)
         for row in train_hf.select_columns(["image", "unified", "style"])

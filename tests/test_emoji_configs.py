@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from PIL import Image
@@ -115,7 +116,7 @@ def test_emoji32_configs_train_and_score_heldout_styles(tmp_path, emoji_folders)
         assert steered_caption["first"] == steered_caption["negative style"] == plain["negative style"]
 
 
-def test_heldout_style_references_on_known_answers(tmp_path, emoji_folders):
+def test_heldout_style_references_on_known_answers(tmp_path, emoji_folders, capsys):
     """The fake packs paint each style one colour in the emoji's left half, with a small mark per emoji: the
     other style's picture is the wrong style by construction, and anything drawn in the asked style's
     colour (the style's mean, the analogy, the linear translator) is the right one."""
@@ -131,3 +132,15 @@ def test_heldout_style_references_on_known_answers(tmp_path, emoji_folders):
         assert every[reference]["style_accuracy_pct"] == 100.0, reference
     assert 0 <= every["conv translator"]["style_accuracy_pct"] <= 100
     assert json.loads(out.read_text())["groups"] == report["groups"]
+
+    # Captioned pictures without the emoji columns: a one-line error that names the data it needs.
+    plain = tmp_path / "plain"
+    shutil.copytree(emoji_folders[32], plain)
+    for metadata in plain.glob("*/metadata.jsonl"):
+        rows = [json.loads(line) for line in metadata.read_text().splitlines()]
+        metadata.write_text(
+            "".join(json.dumps({"file_name": r["file_name"], "text": r["text"]}) + "\n" for r in rows)
+        )
+    with pytest.raises(SystemExit):
+        references(["--data", str(plain), "--translator_steps", "0", "--out", str(tmp_path / "plain.json")])
+    assert "no 'unified' column" in capsys.readouterr().err and not (tmp_path / "plain.json").exists()
