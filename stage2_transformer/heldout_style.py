@@ -66,15 +66,19 @@ def category_group(category: str) -> str:
     return next((name for name, members in CATEGORY_GROUPS.items() if category in members), "other")
 
 
+def label_masks(labels: list[str]) -> dict[str, torch.Tensor]:
+    """Per distinct label, in sorted order: which captions (n,) bool carry it."""
+    return {label: torch.tensor([other == label for other in labels]) for label in sorted(set(labels))}
+
+
 def group_masks(categories: list[str]) -> dict[str, torch.Tensor]:
     """Per group of ``CATEGORY_GROUPS``, then "other" and "all": which captions (n,) bool belong to it;
     groups with no caption are left out."""
-    groups = [category_group(category) for category in categories]
-    masks = {
-        name: torch.tensor([name in ("all", g) for g in groups])
-        for name in [*CATEGORY_GROUPS, "other", "all"]
-    }
-    return {name: mask for name, mask in masks.items() if mask.any()}
+    by_group = label_masks([category_group(category) for category in categories])
+    masks = {name: by_group[name] for name in [*CATEGORY_GROUPS, "other"] if name in by_group}
+    if categories:
+        masks["all"] = torch.ones(len(categories), dtype=torch.bool)
+    return masks
 
 
 def format_group_table(table: dict[str, dict], columns: list[str] | tuple[str, ...]) -> str:
@@ -126,8 +130,7 @@ def scores_by_group(right_style: torch.Tensor, rank: torch.Tensor, groups: list[
     of other characters as one ``_`` ("Food & Drink" -> food_drink).
     """
     scores: dict[str, float] = {}
-    for group in sorted(set(groups)):
-        rows = torch.tensor([g == group for g in groups])  # (n,)
+    for group, rows in label_masks(groups).items():  # rows: (n,)
         name = re.sub(r"[^a-z0-9]+", "_", group.lower()).strip("_")
         group_scores = percentages(right_style[rows], rank[rows])
         scores[f"{name}_captions"] = int(rows.sum())
