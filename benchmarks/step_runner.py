@@ -151,6 +151,39 @@ def run_group(command: list[str], log_file, deadline: float, env: dict, cwd: Pat
         process.wait()
 
 
+def start_group(command: list[str], log: Path, env: dict, cwd: Path) -> subprocess.Popen:
+    """Start ``command`` in a new process session, its output into ``log`` (after the command line)."""
+    with log.open("w") as log_file:
+        log_file.write(f"$ {shlex.join(command)}\n")
+        log_file.flush()
+        return subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def wait_groups(
+    processes: dict[str, subprocess.Popen], deadline: float, on_end: Callable[[str, int | None], None] = None
+) -> dict[str, int | None]:
+    """Wait for processes started by ``start_group``: {name: exit code, or None when it outlasted
+    ``deadline``}. ``on_end(name, code)`` is called as each one ends. Every group is killed when its
+    command ends (children left behind) or at the deadline."""
+    codes: dict[str, int | None] = {}
+    while len(codes) < len(processes):
+        late = time.monotonic() >= deadline
+        for name, process in processes.items():
+            ended = process.poll() is not None
+            if name in codes or not (ended or late):
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            codes[name] = process.returncode if ended else None
+            if on_end is not None:
+                on_end(name, codes[name])
+        time.sleep(0.2)
+    return codes
+
+
 def tail(path: Path) -> str:
     lines = path.read_text(errors="replace").splitlines()[-TAIL_LINES:]
     return "\n".join(lines)[-TAIL_CHARS:]

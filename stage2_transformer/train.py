@@ -277,6 +277,7 @@ def main(argv: list[str] | None = None) -> None:
             metrics.update(
                 lr=run.lr,
                 tokens_per_s=tokens_seen / max(elapsed, 1e-9),
+                steps_per_s=tcfg.log_every / max(elapsed, 1e-9),
                 skipped_steps=run.guard.total_skipped,
             )
             metrics.update(device_memory_metrics(accelerator.device))

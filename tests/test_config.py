@@ -31,9 +31,19 @@ def test_gpu_configs_are_real_scale():
     assert 100e6 < approx_params < 1e9
 
 
-@pytest.mark.parametrize("name", ["stage2_tiny", "stage2_gpu"])
+@pytest.mark.parametrize("name", ["stage2_tiny", "stage2_gpu", "stage2_emoji32_gpu"])
 def test_stage2_configs_parse(name):
     parse_config(Stage2RunConfig, ["--config", str(CONFIGS / f"{name}.yaml")])
+
+
+def test_emoji_gpu_prior_is_the_measured_one():
+    """configs/stage2_emoji32_gpu.yaml holds the prior its header measured (768 x 12, 4096 caption tokens,
+    batch 128, 1905 steps) on the 8x8 stage 1 its header trains."""
+    cfg = parse_config(Stage2RunConfig, ["--config", str(CONFIGS / "stage2_emoji32_gpu.yaml")])
+    m, t = cfg.model, cfg.train
+    assert (m.hidden_size, m.num_layers, m.num_heads, m.dropout) == (768, 12, 12, 0.1)
+    assert (cfg.tokenizer.vocab_size, t.batch_size, t.max_steps, t.learning_rate) == (4096, 128, 1905, 3e-4)
+    assert cfg.vqvae == "outputs/stage1_emoji32_8x8/vqvae"
 
 
 def test_command_line_overrides_and_types():

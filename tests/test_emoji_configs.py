@@ -116,6 +116,37 @@ def test_emoji32_configs_train_and_score_heldout_styles(tmp_path, emoji_folders)
         assert steered_caption["first"] == steered_caption["negative style"] == plain["negative style"]
 
 
+def test_emoji32_gpu_config_trains_through_the_entry_point(tmp_path, emoji_folders):
+    """configs/stage2_emoji32_gpu.yaml, the prior measured on one GPU: one CPU step on a random 8x8 stage 1,
+    at its width with 2 of its 12 layers (the full depth's final checkpoint alone would cost the suite ~10
+    s); tests/test_config.py checks the file's own sizes."""
+    from stage1_vqvae.config import VQVAEConfig
+
+    stage1 = tmp_path / "vqvae"
+    VQVAE(VQVAEConfig(resolution=32, base_channels=8, channel_multipliers=[1, 2, 2])).save_pretrained(stage1)
+    one_step = FEW_STEPS.replace("--train.max_steps 2", "--train.max_steps 1").replace(
+        "eval_every 2", "eval_every 0"
+    )
+    out = tmp_path / "stage2"
+    paths = ["--vqvae", stage1, "--codes.cache_dir", tmp_path / "codes", "--train.output_dir", out]
+    launch(
+        "stage2_transformer/train.py",
+        "--config",
+        "configs/stage2_emoji32_gpu.yaml",
+        *flags(one_step),
+        "--model.num_layers",
+        "2",
+        "--data.path",
+        emoji_folders[32],
+        *map(str, paths),
+    )
+    config = json.loads((out / "transformer" / "config.json").read_text())
+    size = (config["hidden_size"], config["num_attention_heads"], config["attention_dropout"])
+    assert size == (768, 12, 0.1) and config["num_hidden_layers"] == 2
+    (logged,) = [m for m in read_metrics(out) if "train/steps_per_s" in m]
+    assert logged["step"] == 1 and logged["train/steps_per_s"] > 0
+
+
 def test_heldout_style_references_on_known_answers(tmp_path, emoji_folders, capsys):
     """The fake packs paint each style one colour in the emoji's left half, with a small mark per emoji: the
     other style's picture is the wrong style by construction, and anything drawn in the asked style's
