@@ -163,7 +163,7 @@ def test_mismatched_stage1_model_fails_clearly(tmp_path, vqvae_dir, shapes_cache
 def test_compiled_training_exports_the_plain_model(tmp_path, vqvae_dir, shapes_cache):
     """train.compile: compiled after Accelerate's wrapping; the checkpoint and the export hold plain weights."""
     out, kernels = tmp_path / "run", tmp_path / "inductor"
-    two_steps = "--train.max_steps 2 --train.image_every 0 --train.eval_every 0 --train.compile true"
+    two_steps = "--train.max_steps 2 --train.image_every 0 --train.eval_every 0 --train.compile true --model.num_layers 1"
     launch(
         TRAIN,
         *tiny_args(vqvae_dir, shapes_cache, tmp_path / "codes", out, two_steps),
@@ -176,7 +176,7 @@ def test_compiled_training_exports_the_plain_model(tmp_path, vqvae_dir, shapes_c
     assert exported.keys() == in_checkpoint.keys()
     assert all(torch.equal(exported[key], in_checkpoint[key]) for key in exported)
     model, _ = load_transformer(out / "transformer")
-    assert model.config.num_hidden_layers == 2
+    assert model.config.num_hidden_layers == 1
 
 
 def test_caption_dropout_rate():
