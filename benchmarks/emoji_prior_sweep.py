@@ -21,7 +21,8 @@ runs in its own process (a small prior leaves most of an H200 idle), so they sha
 With ``--stage1_steps`` > 0 stage 1 trains (``--stage1_config``) from the start and is evaluated
 (PSNR, codebook usage on the held-out images): the stage-2 variants use ``--vqvae`` either way.
 Into $OUT (default outputs/emoji_prior_sweep) go ``summary.json``, rewritten as each run ends, and
-each scored variant's held-out grid: 7 files at most. Prints a table. Models and logs go to ``--work``.
+each scored variant's held-out grid: 7 files at most. Prints a table. Models and logs go to ``--work``
+(a folder an earlier sweep made is emptied; one holding anything else is refused).
 
 Measured on one H200 with ``--budget 515`` (490 s in all): the 768-wide, 12-layer prior reaches held-out
 top-5 36.7% against the CPU recipe's 26.0%; the table is in the README ("A larger prior, on one GPU")
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import shutil
@@ -44,9 +46,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 from benchmarks.gpu_check import install_wheels, last_train_log, package_versions  # noqa: E402
-from benchmarks.step_runner import read_json, start_group, tail, wait_groups  # noqa: E402
+from benchmarks.step_runner import (  # noqa: E402
+    prepare_work,
+    read_json,
+    read_metrics,
+    start_group,
+    tail,
+    wait_groups,
+)
 
 PYTHON = sys.executable
+WORK_MARKER = ".emoji_prior_sweep_work"  # a work folder holding it is the sweep's own, and is emptied
 STAGE2_CONFIG = "configs/stage2_emoji32.yaml"
 # Read back from each variant's evaluation: the held-out score, its negative-style twin, the training
 # pairs (memory) and the bits (``stage2_transformer/heldout_style.py`` says what each can tell).
@@ -100,9 +110,7 @@ def steps_within(rate: float, startup_s: float, seconds_left: float, safety: flo
 
 def probe_rate(run_dir: Path) -> float | None:
     """Steps per second in the last logged training window of a run (None when none was logged)."""
-    path = run_dir / "metrics.jsonl"
-    lines = path.read_text().splitlines() if path.is_file() else []
-    rates = [json.loads(line)["train/steps_per_s"] for line in lines if '"train/steps_per_s"' in line]
+    rates = [row["train/steps_per_s"] for row in read_metrics(run_dir) if "train/steps_per_s" in row]
     return rates[-1] if rates else None
 
 
@@ -263,22 +271,13 @@ def parameter_count(model_dir: Path) -> int | None:
     path = model_dir / "model.safetensors"
     if not path.is_file():
         return None
-    count = 0
     with safe_open(str(path), "pt") as weights:
-        names = weights.keys()  # safe_open objects are not iterable
-        for key in names:
-            size = 1
-            for dim in weights.get_slice(key).get_shape():
-                size *= dim
-            count += size
-    return count
+        return sum(math.prod(weights.get_slice(key).get_shape()) for key in weights.keys())  # noqa: SIM118
 
 
 def eval_curve(run_dir: Path) -> list[list[float]]:
     """[step, held-out bits per image with the caption] at each evaluation during training."""
-    path = run_dir / "metrics.jsonl"
-    lines = path.read_text().splitlines() if path.is_file() else []
-    rows = [json.loads(line) for line in lines if '"eval/bits_per_image"' in line]
+    rows = [row for row in read_metrics(run_dir) if "eval/bits_per_image" in row]
     return [[row["step"], round(row["eval/bits_per_image"], 1)] for row in rows]
 
 
@@ -340,8 +339,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     out = Path(os.environ.get("OUT") or ROOT / "outputs" / "emoji_prior_sweep")
-    if args.work.exists():
-        shutil.rmtree(args.work)  # a previous sweep's runs: the step counts are this budget's
+    prepare_work(args.work, WORK_MARKER, "the emoji prior sweep")  # a previous sweep's runs are emptied
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -349,10 +347,10 @@ def main(argv: list[str] | None = None) -> dict:
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(ROOT), str(args.site), os.environ.get("PYTHONPATH")) if p
     )
-    sweep = Sweep(args, out, env)
     import torch
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    sweep = Sweep(args, out, env)  # the budget counts from here, after torch's import
     sweep.summary["environment"] = {"device": device, **packages, "packages": package_versions()}
     sweep.write_summary()
     if device == "cpu" and not args.allow_cpu:

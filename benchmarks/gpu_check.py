@@ -28,7 +28,6 @@ import importlib.metadata
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -36,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-from benchmarks.step_runner import Runner, Step, compact, read_json, scalars  # noqa: E402
+from benchmarks.step_runner import Runner, Step, compact, prepare_work, read_json, read_metrics, scalars  # noqa: E402
 
 PYTHON = sys.executable
 # The packages the code base uses, and those datasets needs: their versions are reported.
@@ -211,9 +210,9 @@ class GPUCheck:
 
 def last_train_log(run_dir: Path) -> dict:
     """The last training line of a run's metrics.jsonl ({} when there is none)."""
-    path = run_dir / "metrics.jsonl"
-    lines = path.read_text().splitlines() if path.is_file() else []
-    return next((json.loads(line) for line in reversed(lines) if '"train/' in line), {})
+    return next(
+        (row for row in reversed(read_metrics(run_dir)) if any(k.startswith("train/") for k in row)), {}
+    )
 
 
 def install_wheels(wheels: Path, site: Path) -> dict:
@@ -238,16 +237,6 @@ def package_versions() -> dict[str, str | None]:
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
     return versions
-
-
-def prepare_work(work: Path) -> None:
-    """An empty work folder: one the check made before is emptied; another folder is refused."""
-    if work.exists() and any(work.iterdir()):
-        if not (work / WORK_MARKER).exists():
-            sys.exit(f"{work} holds files the GPU check did not write; pass another --work")
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
-    (work / WORK_MARKER).touch()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -297,7 +286,7 @@ def pair_of(item: str, parser: argparse.ArgumentParser, kind) -> tuple:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     out = Path(os.environ.get("OUT") or ROOT / "outputs" / "gpu_check")
-    prepare_work(args.work)
+    prepare_work(args.work, WORK_MARKER, "the GPU check")
     for old in [*out.glob("[0-9][0-9]_*.json"), out / "summary.json"]:  # a previous run's results
         old.unlink(missing_ok=True)
     python_path = os.pathsep.join(p for p in (str(ROOT), str(args.site), os.environ.get("PYTHONPATH")) if p)

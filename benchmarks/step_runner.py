@@ -17,8 +17,10 @@ import contextlib
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -138,31 +140,28 @@ class Runner:
 
 def run_group(command: list[str], log_file, deadline: float, env: dict, cwd: Path) -> int | None:
     """Exit code of ``command``, or None when it outlasted ``deadline`` (then its group is killed)."""
-    process = subprocess.Popen(
+    return wait_groups({"command": popen_group(command, log_file, env, cwd)}, deadline)["command"]
+
+
+def popen_group(command: list[str], log_file, env: dict, cwd: Path) -> subprocess.Popen:
+    """``command`` started in a new process session (so that its whole group can be killed)."""
+    return subprocess.Popen(
         command, cwd=cwd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
     )
-    try:
-        return process.wait(timeout=max(deadline - time.monotonic(), 0.0))
-    except subprocess.TimeoutExpired:
-        return None
-    finally:  # also takes down children left behind by a command that ended on its own
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 def start_group(command: list[str], log: Path, env: dict, cwd: Path) -> subprocess.Popen:
-    """Start ``command`` in a new process session, its output into ``log`` (after the command line)."""
+    """Start ``command`` in its own group, its output into ``log`` (after the command line)."""
     with log.open("w") as log_file:
         log_file.write(f"$ {shlex.join(command)}\n")
         log_file.flush()
-        return subprocess.Popen(
-            command, cwd=cwd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        return popen_group(command, log_file, env, cwd)
 
 
 def wait_groups(
-    processes: dict[str, subprocess.Popen], deadline: float, on_end: Callable[[str, int | None], None] = None
+    processes: dict[str, subprocess.Popen],
+    deadline: float,
+    on_end: Callable[[str, int | None], None] | None = None,
 ) -> dict[str, int | None]:
     """Wait for processes started by ``start_group``: {name: exit code, or None when it outlasted
     ``deadline``}. ``on_end(name, code)`` is called as each one ends. Every group is killed when its
@@ -187,6 +186,23 @@ def wait_groups(
 def tail(path: Path) -> str:
     lines = path.read_text(errors="replace").splitlines()[-TAIL_LINES:]
     return "\n".join(lines)[-TAIL_CHARS:]
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """The rows of a run's metrics.jsonl, in order ([] when it has none)."""
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def prepare_work(work: Path, marker: str, owner: str) -> None:
+    """An empty work folder: one ``owner`` made before (it holds ``marker``) is emptied; a folder holding
+    anything else is refused, so that no user's files are deleted."""
+    if work.exists() and any(work.iterdir()):
+        if not (work / marker).exists():
+            sys.exit(f"{work} holds files {owner} did not write; pass another --work")
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / marker).touch()
 
 
 def read_json(path: Path) -> dict:

@@ -144,6 +144,20 @@ def test_bad_folders_are_one_line_errors(tmp_path, capsys):
     assert "holds no train/ split: build it with bash scripts/get_emoji.sh" in capsys.readouterr().err
 
 
+def test_a_work_folder_the_sweep_did_not_make_is_refused_and_kept(tmp_path):
+    (tmp_path / "data" / "train").mkdir(parents=True)
+    (tmp_path / "vqvae").mkdir()
+    work = tmp_path / "mine"
+    work.mkdir()
+    (work / "notes.txt").write_text("a user's file")
+    args = ["--vqvae", str(tmp_path / "vqvae"), "--data", str(tmp_path / "data"), "--work", str(work)]
+    with pytest.raises(
+        SystemExit, match="holds files the emoji prior sweep did not write; pass another --work"
+    ):
+        sweep.main(args)
+    assert (work / "notes.txt").read_text() == "a user's file"
+
+
 def test_parameter_count_reads_the_exported_model(tmp_path):
     import torch
     from safetensors.torch import save_file
