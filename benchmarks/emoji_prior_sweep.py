@@ -45,7 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-from benchmarks.gpu_check import install_wheels, last_train_log, package_versions  # noqa: E402
+from benchmarks.gpu_check import child_env, install_wheels, last_train_log, package_versions  # noqa: E402
 from benchmarks.step_runner import (  # noqa: E402
     prepare_work,
     read_json,
@@ -53,6 +53,7 @@ from benchmarks.step_runner import (  # noqa: E402
     start_group,
     tail,
     wait_groups,
+    write_json,
 )
 
 PYTHON = sys.executable
@@ -256,9 +257,7 @@ class Sweep:
 
     def write_summary(self, finished: bool = False) -> None:
         self.summary |= {"elapsed_s": round(self.elapsed(), 1), "finished": finished}
-        temporary = self.out / ".summary.json.tmp"
-        temporary.write_text(json.dumps(self.summary, indent=1) + "\n")
-        os.replace(temporary, self.out / "summary.json")  # a kill never leaves half a file
+        write_json(self.out / "summary.json", self.summary)  # a kill never leaves half a file
 
 
 def status(code: int | None) -> str:
@@ -340,13 +339,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     out = Path(os.environ.get("OUT") or ROOT / "outputs" / "emoji_prior_sweep")
     prepare_work(args.work, WORK_MARKER, "the emoji prior sweep")  # a previous sweep's runs are emptied
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    env.setdefault("HF_DATASETS_OFFLINE", "1")
     packages = install_wheels(args.wheels, args.site)  # before anything imports datasets
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(ROOT), str(args.site), os.environ.get("PYTHONPATH")) if p
-    )
+    env = child_env(args.site)
     import torch
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"

@@ -229,6 +229,22 @@ def install_wheels(wheels: Path, site: Path) -> dict:
     return {"from_wheels": [f.name.split("-")[0] for f in files], "site": str(site)}
 
 
+def child_env(site: Path) -> dict[str, str]:
+    """The environment of the commands a GPU benchmark runs: this tree and ``site`` (where install_wheels
+    put the packages the image lacks) importable, output unbuffered, the hubs offline (GPU machines have
+    no network: fail at once, not after retries)."""
+    python_path = os.pathsep.join(p for p in (str(ROOT), str(site), os.environ.get("PYTHONPATH")) if p)
+    env = {
+        **os.environ,
+        "PYTHONPATH": python_path,
+        "PYTHONUNBUFFERED": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("HF_DATASETS_OFFLINE", "1")
+    return env
+
+
 def package_versions() -> dict[str, str | None]:
     versions = {}
     for name in PACKAGES:
@@ -289,14 +305,7 @@ def main(argv: list[str] | None = None) -> dict:
     prepare_work(args.work, WORK_MARKER, "the GPU check")
     for old in [*out.glob("[0-9][0-9]_*.json"), out / "summary.json"]:  # a previous run's results
         old.unlink(missing_ok=True)
-    python_path = os.pathsep.join(p for p in (str(ROOT), str(args.site), os.environ.get("PYTHONPATH")) if p)
-    env = {
-        **os.environ,
-        "PYTHONPATH": python_path,
-        "PYTHONUNBUFFERED": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-    env.setdefault("HF_HUB_OFFLINE", "1")  # GPU machines have no network: fail at once, not after retries
+    env = child_env(args.site)
     runner = Runner(out, args.work, args.budget, env, cwd=ROOT)
     runner.limits, runner.substitutes = args.limit, args.substitute
     packages = install_wheels(args.wheels, args.site)  # before anything imports datasets

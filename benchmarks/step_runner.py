@@ -132,10 +132,7 @@ class Runner:
             return {"error": f"{type(err).__name__}: {err}"}
 
     def _write(self, name: str, data: dict) -> None:
-        path = self.out / name
-        temporary = path.with_name(f".{name}.tmp")
-        temporary.write_text(json.dumps(data, indent=1) + "\n")
-        os.replace(temporary, path)  # a reader (or a kill) never sees half a file
+        write_json(self.out / name, data)
 
 
 def run_group(command: list[str], log_file, deadline: float, env: dict, cwd: Path) -> int | None:
@@ -173,14 +170,19 @@ def wait_groups(
             ended = process.poll() is not None
             if name in codes or not (ended or late):
                 continue
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            kill_group(process)
             codes[name] = process.returncode if ended else None
             if on_end is not None:
                 on_end(name, codes[name])
         time.sleep(0.2)
     return codes
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL the group ``popen_group`` started (what its command left behind too), then reap it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 def tail(path: Path) -> str:
@@ -203,6 +205,13 @@ def prepare_work(work: Path, marker: str, owner: str) -> None:
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     (work / marker).touch()
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write ``data`` to ``path`` through a temporary file: a reader (or a kill) never sees half a file."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(temporary, path)
 
 
 def read_json(path: Path) -> dict:

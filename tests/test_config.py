@@ -38,11 +38,11 @@ def test_stage2_configs_parse(name):
 
 def test_emoji_gpu_prior_is_the_measured_one():
     """configs/stage2_emoji32_gpu.yaml holds the prior its header measured (768 x 12, 4096 caption tokens,
-    batch 128, 1905 steps) on the 8x8 stage 1 its header trains."""
+    batch 128, 1000 steps) on the 8x8 stage 1 its header trains."""
     cfg = parse_config(Stage2RunConfig, ["--config", str(CONFIGS / "stage2_emoji32_gpu.yaml")])
     m, t = cfg.model, cfg.train
     assert (m.hidden_size, m.num_layers, m.num_heads, m.dropout) == (768, 12, 12, 0.1)
-    assert (cfg.tokenizer.vocab_size, t.batch_size, t.max_steps, t.learning_rate) == (4096, 128, 1905, 3e-4)
+    assert (cfg.tokenizer.vocab_size, t.batch_size, t.max_steps, t.learning_rate) == (4096, 128, 1000, 3e-4)
     assert cfg.vqvae == "outputs/stage1_emoji32_8x8/vqvae"
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from stage1_vqvae.model import VQVAE
-from tests.conftest import flags, launch, read_metrics
+from tests.conftest import LAUNCHER_ENV, flags, launch, read_metrics
 
 TRAIN = "stage1_vqvae/train.py"
 TINY = flags(
@@ -28,9 +28,23 @@ def tiny_args(cache, out, extra: str = ""):
     return [*TINY, "--data.builtin_cache_dir", str(cache), "--train.output_dir", str(out), *flags(extra)]
 
 
+def test_launch_sets_what_accelerate_launch_sets(tmp_path):
+    """The other tests run the train scripts directly with LAUNCHER_ENV: it must be what the launcher sets."""
+    script = tmp_path / "show_env.py"
+    script.write_text(
+        "import json, os\nprint(json.dumps({k: v for k, v in os.environ.items() if k.startswith('ACCELERATE_')}))\n"
+    )
+    result = launch(str(script), via_launcher=True)
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == LAUNCHER_ENV
+
+
 def test_train_writes_checkpoints_grids_logs_and_model(tmp_path, shapes_cache):
     out = tmp_path / "run"
-    launch(TRAIN, *tiny_args(shapes_cache, out, "--train.max_steps 12 --train.learning_rate 3e-3"))
+    launch(
+        TRAIN,
+        *tiny_args(shapes_cache, out, "--train.max_steps 12 --train.learning_rate 3e-3"),
+        via_launcher=True,
+    )
     # the exported model loads and tokenizes images
     model = VQVAE.from_pretrained(out / "vqvae")
     assert model.encode(torch.zeros(1, 3, 32, 32)).shape == (1, 8, 8)

@@ -16,7 +16,7 @@ from stage1_vqvae.model import VQVAE
 from stage2_transformer.layout import SequenceLayout
 from stage2_transformer.model import load_transformer
 from stage2_transformer.tokenizer import load_caption_tokenizer
-from tests.conftest import flags, launch, read_metrics
+from tests.conftest import ROOT, flags, launch, read_metrics
 
 
 def save_vqvae(folder, seed: int = 0, codebook_size: int = 32):
@@ -51,7 +51,7 @@ def tiny_args(vqvae, cache, codes, out, extra: str = ""):
 
 def test_train_writes_checkpoints_samples_and_model(tmp_path, vqvae_dir, shapes_cache):
     out, codes = tmp_path / "run", tmp_path / "codes"
-    launch(TRAIN, *tiny_args(vqvae_dir, shapes_cache, codes, out, "--train.max_steps 12"))
+    launch(TRAIN, *tiny_args(vqvae_dir, shapes_cache, codes, out, "--train.max_steps 12"), via_launcher=True)
     # the tiny config pre-encodes five shifted views of each training picture, image-major (so that the rows
     # do not depend on batching or sharding); the held-out split stays as it is
     import datasets
@@ -125,7 +125,24 @@ def test_resume_continues_exactly(tmp_path, vqvae_dir, shapes_cache):
         assert torch.equal(a[key], b[key]), key
 
 
-def test_mismatched_stage1_model_fails_clearly(tmp_path, vqvae_dir, shapes_cache):
+def refusal(argv: list[str], capsys) -> str:
+    """Run the train script in this process (a refusal comes before any training: no need to pay a
+    process start for it); returns what it printed to stderr, after checking it exited non-zero."""
+    from minidalle.errors import run_main
+    from stage2_transformer.train import main
+
+    capsys.readouterr()
+    code = run_main(main, argv)
+    err = capsys.readouterr().err
+    assert code != 0, err[-3000:]
+    return err
+
+
+def test_mismatched_stage1_model_fails_clearly(
+    tmp_path, vqvae_dir, shapes_cache, capsys, monkeypatch, fresh_accelerator_state
+):
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
+    monkeypatch.chdir(ROOT)
     codes = tmp_path / "codes"
     out = tmp_path / "run"
     two_steps = "--train.max_steps 2 --train.image_every 0 --train.eval_every 0"
@@ -133,24 +150,16 @@ def test_mismatched_stage1_model_fails_clearly(tmp_path, vqvae_dir, shapes_cache
     other = save_vqvae(tmp_path / "other_vqvae", seed=1, codebook_size=64)
     # resuming the run with another stage-1 model
     resume = "--train.max_steps 4 --resume_from_checkpoint latest"
-    result = launch(TRAIN, *tiny_args(other, shapes_cache, codes, out, resume), expect_ok=False)
-    assert result.returncode != 0
-    assert "was trained on codes from the stage-1 model" in result.stderr
+    err = refusal(tiny_args(other, shapes_cache, codes, out, resume), capsys)
+    assert "was trained on codes from the stage-1 model" in err
     # training a new run on codes made by another stage-1 model (same codebook size, other weights)
     same_size = save_vqvae(tmp_path / "same_size", seed=2, codebook_size=32)
     stored = next(codes.glob("train-*"))
     given_codes = ["--train.max_steps", "2", "--codes.train_path", str(stored)]
-    result = launch(
-        TRAIN, *tiny_args(same_size, shapes_cache, codes, tmp_path / "new"), *given_codes, expect_ok=False
-    )
-    assert result.returncode != 0 and "were made by another stage-1 model" in result.stderr
-    result = launch(
-        TRAIN, *tiny_args(other, shapes_cache, codes, tmp_path / "new2"), *given_codes, expect_ok=False
-    )
-    assert (
-        result.returncode != 0
-        and "use a codebook of 32 entries, but the stage-1 model has 64" in result.stderr
-    )
+    err = refusal([*tiny_args(same_size, shapes_cache, codes, tmp_path / "new"), *given_codes], capsys)
+    assert "were made by another stage-1 model" in err
+    err = refusal([*tiny_args(other, shapes_cache, codes, tmp_path / "new2"), *given_codes], capsys)
+    assert "use a codebook of 32 entries, but the stage-1 model has 64" in err
     # A launch that failed before training left a record and a tokenizer but no run: the folder takes a
     # fresh start with another stage-1 model (no "was trained on codes from" refusal, no stale tokenizer).
     assert (tmp_path / "new2" / "stage1.json").is_file() and (tmp_path / "new2" / "tokenizer").is_dir()
