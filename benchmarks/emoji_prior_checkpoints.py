@@ -36,8 +36,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-from benchmarks.gpu_check import child_env, install_wheels, package_versions  # noqa: E402
+from benchmarks.gpu_check import benchmark_environment  # noqa: E402
 from benchmarks.step_runner import (  # noqa: E402
+    exit_status,
     kill_group,
     prepare_work,
     read_json,
@@ -75,6 +76,13 @@ class CheckpointScores:
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
+
+    def scored_folder(self, name: str, step: int) -> Path:
+        """Where the model of run ``name`` at ``step`` is copied and scored."""
+        return self.work / "scored" / f"{name}-{step:06d}"
+
+    def score_log(self, name: str, step: int) -> Path:
+        return self.work / "logs" / f"score_{name}_{step}.log"
 
     # ------------------------------------------------------------------ commands
     def train_command(self, name: str, overrides: str) -> list[str]:
@@ -132,7 +140,7 @@ class CheckpointScores:
         for step, checkpoint in list_checkpoints(self.work / name):
             if str(step) in steps:
                 continue
-            folder = self.work / "scored" / f"{name}-{step:06d}"
+            folder = self.scored_folder(name, step)
             try:
                 for part in ("transformer", "tokenizer"):
                     shutil.copytree(checkpoint / part, folder / part)
@@ -145,16 +153,15 @@ class CheckpointScores:
     def end_training(self, name: str, code: int | None) -> None:
         del self.training[name]
         run = self.summary["runs"][name]
-        run["status"] = "timeout" if code is None else "ok" if code == 0 else f"failed ({code})"
+        run["status"] = exit_status(code)
         run["train_end_s"] = round(self.elapsed(), 1)
         if code != 0:
             run["log_tail"] = tail(self.work / "logs" / f"{name}.log")
         self.write_summary()
 
     def start_scoring(self, name: str, step: int) -> None:
-        folder = self.work / "scored" / f"{name}-{step:06d}"
-        log = self.work / "logs" / f"score_{name}_{step}.log"
-        self.scoring[(name, step)] = start_group(self.score_command(folder), log, self.env, ROOT)
+        command = self.score_command(self.scored_folder(name, step))
+        self.scoring[(name, step)] = start_group(command, self.score_log(name, step), self.env, ROOT)
 
     def poll_scoring(self) -> None:
         for (name, step), process in list(self.scoring.items()):
@@ -162,12 +169,12 @@ class CheckpointScores:
                 continue
             kill_group(process)
             del self.scoring[(name, step)]
-            folder = self.work / "scored" / f"{name}-{step:06d}"
+            folder = self.scored_folder(name, step)
             scores = read_json(folder / "eval.json")
             result = {short: scores[key] for short, key in SCORES.items() if key in scores}
             result["status"] = "ok" if process.returncode == 0 and "top5" in result else "failed"
             if result["status"] != "ok":
-                result["log_tail"] = tail(self.work / "logs" / f"score_{name}_{step}.log")
+                result["log_tail"] = tail(self.score_log(name, step))
             elif self.best is None or result["top5"] > self.best[0]:
                 self.best = (result["top5"], name, step)
                 shutil.copy(folder / "heldout_samples.png", self.out / "heldout_samples_best.png")
@@ -245,15 +252,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     out = Path(os.environ.get("OUT") or ROOT / "outputs" / "emoji_prior_checkpoints")
     prepare_work(args.work, WORK_MARKER, "the checkpoint scoring benchmark")
-    packages = install_wheels(args.wheels, args.site)  # before anything imports datasets
-    env = child_env(args.site)
-    import torch
-
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    if device == "cpu" and not args.allow_cpu:
+    env, environment = benchmark_environment(args.wheels, args.site)
+    if environment["device"] == "cpu" and not args.allow_cpu:
         sys.exit("No CUDA device: this benchmark is sized for a GPU (--allow-cpu runs it anyway).")
     bench = CheckpointScores(args, out, env)  # the budget counts from here, after torch's import
-    bench.summary["environment"] = {"device": device, **packages, "packages": package_versions()}
+    bench.summary["environment"] = environment
     summary = bench.run()
     print(format_table(summary))
     print(format_table(summary, "style"))

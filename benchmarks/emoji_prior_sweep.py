@@ -45,8 +45,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-from benchmarks.gpu_check import child_env, install_wheels, last_train_log, package_versions  # noqa: E402
+from benchmarks.gpu_check import benchmark_environment, last_train_log  # noqa: E402
 from benchmarks.step_runner import (  # noqa: E402
+    exit_status,
     prepare_work,
     read_json,
     read_metrics,
@@ -173,7 +174,7 @@ class Sweep:
         for name in names:
             rate = probe_rate(self.work / f"probe_{name}")
             wall = ends[name] - started
-            probes[name] = {"status": status(codes[name]), "wall_s": round(wall, 1), "steps_per_s": rate}
+            probes[name] = {"status": exit_status(codes[name]), "wall_s": round(wall, 1), "steps_per_s": rate}
             if rate:
                 probes[name]["startup_s"] = round(max(wall - steps / rate, 0.0), 1)
             else:
@@ -222,7 +223,7 @@ class Sweep:
     def collect(self, name: str, code: int | None) -> None:
         """Read what run ``name`` wrote the moment it ends, and rewrite the summary."""
         log = self.work / "logs" / f"{name}.log"
-        result = {"status": status(code), "seconds": round(self.elapsed(), 1)}
+        result = {"status": exit_status(code), "seconds": round(self.elapsed(), 1)}
         if name == "stage1":
             keys = ("images", "psnr_db", "ssim", "codebook_usage_pct", "perplexity")
             result |= {k: v for k, v in read_json(self.work / "stage1" / "eval.json").items() if k in keys}
@@ -258,10 +259,6 @@ class Sweep:
     def write_summary(self, finished: bool = False) -> None:
         self.summary |= {"elapsed_s": round(self.elapsed(), 1), "finished": finished}
         write_json(self.out / "summary.json", self.summary)  # a kill never leaves half a file
-
-
-def status(code: int | None) -> str:
-    return "timeout" if code is None else "ok" if code == 0 else f"failed ({code})"
 
 
 def parameter_count(model_dir: Path) -> int | None:
@@ -339,15 +336,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     out = Path(os.environ.get("OUT") or ROOT / "outputs" / "emoji_prior_sweep")
     prepare_work(args.work, WORK_MARKER, "the emoji prior sweep")  # a previous sweep's runs are emptied
-    packages = install_wheels(args.wheels, args.site)  # before anything imports datasets
-    env = child_env(args.site)
-    import torch
-
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    env, environment = benchmark_environment(args.wheels, args.site)
     sweep = Sweep(args, out, env)  # the budget counts from here, after torch's import
-    sweep.summary["environment"] = {"device": device, **packages, "packages": package_versions()}
+    sweep.summary["environment"] = environment
     sweep.write_summary()
-    if device == "cpu" and not args.allow_cpu:
+    if environment["device"] == "cpu" and not args.allow_cpu:
         sys.exit("No CUDA device: this sweep is sized for a GPU (--allow-cpu runs it anyway).")
     summary = sweep.run()
     print(format_table(summary))

@@ -245,6 +245,16 @@ def child_env(site: Path) -> dict[str, str]:
     return env
 
 
+def benchmark_environment(wheels: Path, site: Path) -> tuple[dict[str, str], dict]:
+    """For a benchmark whose runs share one GPU: install the wheels, then return the commands' environment
+    (``child_env``) and what to report about the machine (device, wheels installed, package versions)."""
+    packages = install_wheels(wheels, site)  # before anything imports datasets
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return child_env(site), {"device": device, **packages, "packages": package_versions()}
+
+
 def package_versions() -> dict[str, str | None]:
     versions = {}
     for name in PACKAGES:

@@ -185,6 +185,11 @@ def kill_group(process: subprocess.Popen) -> None:
     process.wait()
 
 
+def exit_status(code: int | None) -> str:
+    """A side-by-side run's status from ``wait_groups``'s code: "ok", "failed (<code>)" or "timeout" (None)."""
+    return "timeout" if code is None else "ok" if code == 0 else f"failed ({code})"
+
+
 def tail(path: Path) -> str:
     lines = path.read_text(errors="replace").splitlines()[-TAIL_LINES:]
     return "\n".join(lines)[-TAIL_CHARS:]

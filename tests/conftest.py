@@ -39,8 +39,8 @@ LAUNCHER_ENV = {
     "ACCELERATE_DYNAMO_USE_FULLGRAPH": "False",
     "ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION": "False",
 }
-ACCELERATE_LAUNCH = (
-    "-m accelerate.commands.launch --cpu --num_processes 1 --num_machines 1 --mixed_precision no"
+ACCELERATE_LAUNCH = shlex.split(
+    "-m accelerate.commands.launch --cpu --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no"
 )
 
 
@@ -57,8 +57,7 @@ def launch(
     ``via_launcher``: through ``accelerate launch`` itself, the way a user does (the main train tests);
     otherwise ``python script`` with the launcher's environment (``LAUNCHER_ENV``).
     """
-    launcher = flags(f"{ACCELERATE_LAUNCH} --dynamo_backend no") if via_launcher else []
-    command = [sys.executable, *launcher, str(ROOT / script), *args]
+    command = [sys.executable, *(ACCELERATE_LAUNCH if via_launcher else []), str(ROOT / script), *args]
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
     if not via_launcher:
         full_env |= LAUNCHER_ENV
