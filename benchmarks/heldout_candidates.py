@@ -1,8 +1,8 @@
 """How much can choosing among samples do for the held-out emoji score? Several samples per caption, by category.
 
     python benchmarks/heldout_candidates.py --run outputs/stage2_emoji32 --data data/emoji32 \\
-        [--candidates 16] [--guidance 3] [--negative_scale 32] [--negative_candidates] [--seed 1234] \\
-        [--out benchmarks/results/heldout_candidates.json]
+        [--candidates 16] [--guidance 3] [--negative_scale 32] [--negative_candidates] [--clip FOLDER] \\
+        [--seed 1234] [--out benchmarks/results/heldout_candidates.json]
 
 For each held-out (emoji, style) caption of an emoji data folder (``scripts/get_emoji.sh``), the stage-2
 run draws ``--candidates`` samples (candidate k of caption i has seed ``seed + k * n + i``, so candidate
@@ -16,6 +16,9 @@ retrieval top-5 (``stage2_transformer/heldout_style.py``) of:
 - **all candidates**: the mean over every candidate, what one random sample scores, with less noise;
 - **prior's pick**: the candidate the prior itself finds most specific to the caption against that
   negative caption, largest log p(x | caption) - log p(x | negative): a re-ranker with no other model;
+- **CLIP's pick** (with ``--clip FOLDER``, a re-ranker from ``reranker/train.py``): the candidate it
+  matches best to the caption, as the pipeline's ``--rerank-clip`` and the evaluate command's
+  ``--rerank_clip`` keep it;
 - **any candidate**: the share of captions for which at least one candidate is in the right style (or
   has the true image in its top 5): the most that any re-ranker choosing among these samples could reach.
 
@@ -47,6 +50,7 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 from minidalle import data as data_lib  # noqa: E402
 from minidalle.pixels import pil_to_tensor  # noqa: E402
+from pipeline.rerank import ClipReranker  # noqa: E402
 from stage1_vqvae.model import VQVAE  # noqa: E402
 from stage2_transformer.evaluate import stage1_model_of_run  # noqa: E402
 from stage2_transformer.evaluation import sample_images  # noqa: E402
@@ -78,6 +82,11 @@ def main(argv: list[str] | None = None) -> dict:
         "--negative_candidates",
         action="store_true",
         help="draw every candidate with guidance against the other style's caption",
+    )
+    p.add_argument(
+        "--clip",
+        default=None,
+        help='a CLIP folder (pipeline/rerank.py): adds the rule "CLIP\'s pick", the candidate it matches best',
     )
     p.add_argument("--max_captions", type=int, default=None, help="score only the first N held-out captions")
     p.add_argument("--seed", type=int, default=1234)
@@ -116,7 +125,8 @@ def main(argv: list[str] | None = None) -> dict:
         return (pixels - truths).square().flatten(1).mean(1)  # (n,): sample i to its own true image
 
     start = time.perf_counter()
-    right_style, ranks, contrast = [], [], []  # each (n,) per candidate
+    reranker = None if args.clip is None else ClipReranker(args.clip, device=device)
+    right_style, ranks, contrast, clip_scores = [], [], [], []  # each (n,) per candidate
     caption_ids = encode_captions(tokenizer, captions, layout.text_len, warn=False)  # (n, T)
     negative_ids = encode_captions(tokenizer, negatives, layout.text_len, warn=False)  # (n, T)
     for k in range(args.candidates):
@@ -132,6 +142,8 @@ def main(argv: list[str] | None = None) -> dict:
             **candidate_settings,
         )
         pixels = torch.stack([pil_to_tensor(image) for image in images])  # (n, 3, H, W)
+        if reranker is not None:
+            clip_scores.append(reranker.score(images, captions))  # (n,)
         right, rank = style_and_rank(pixels, truths, others)
         right_style.append(right)
         ranks.append(rank)
@@ -164,6 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
     seconds = time.perf_counter() - start
 
     picked = contrast.argmax(1)  # (n,) the prior's pick
+    clip_picked = torch.stack(clip_scores, 1).argmax(1) if clip_scores else None  # (n,) CLIP's pick
     rows_of = torch.arange(n)
     table: dict[str, dict] = {}
     for name, mask in group_masks([row["category"] for row in rows]).items():  # mask: (n,)
@@ -172,6 +185,15 @@ def main(argv: list[str] | None = None) -> dict:
             "negative style": percentages(negative_right[mask], negative_rank[mask]),
             "all candidates": percentages(right_style[mask].flatten(), ranks[mask].flatten()),
             "prior's pick": percentages(right_style[rows_of, picked][mask], ranks[rows_of, picked][mask]),
+            **(
+                {}
+                if clip_picked is None
+                else {
+                    "CLIP's pick": percentages(
+                        right_style[rows_of, clip_picked][mask], ranks[rows_of, clip_picked][mask]
+                    )
+                }
+            ),
             # some candidate in the right style; some candidate's rank within k iff the best rank is
             "any candidate": percentages(right_style[mask].any(1), ranks[mask].min(1).values),
         }
@@ -180,7 +202,8 @@ def main(argv: list[str] | None = None) -> dict:
     steered = ", each steered away from the other style" if args.negative_candidates else ""
     print(f"\nHeld-out captions of {args.data}, {args.candidates} candidates each{steered}, run {run}")
     print("style accuracy / retrieval top-5, %")
-    print(format_group_table(table, RULES))
+    rules = RULES if clip_picked is None else (*RULES[:4], "CLIP's pick", RULES[4])
+    print(format_group_table(table, rules))
     print(f"sampling and scoring: {seconds:.0f} s")
     per_caption = [
         {
@@ -197,6 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "mse": float(negative_mse[i]),
             },
             "prior's pick": int(picked[i]),
+            **({} if clip_picked is None else {"CLIP's pick": int(clip_picked[i])}),
         }
         for i in range(n)
     ]  # mse: pixel MSE to the true image, which tells two samples apart where the scores cannot

@@ -12,7 +12,9 @@ On emoji data (``scripts/get_emoji.sh``), ``--heldout_style true`` adds the held
 ``stage2_transformer/heldout_style.py`` (style accuracy, retrieval, diversity; style accuracy and
 top-5 within each emoji category) and writes held-out samples beside their true images to
 ``<run>/heldout_samples.png``; ``--heldout_negative_style true`` also scores samples guided away from
-the caption that names the other style. Prints a table and writes JSON.
+the caption that names the other style, and ``--rerank_clip FOLDER`` (a re-ranker from
+``reranker/train.py``) scores its pick of ``--rerank_candidates`` samples per held-out caption
+(``reranked_*``; the grid then shows those picks). Prints a table and writes JSON.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from minidalle.errors import run_main
 from minidalle.hub import fingerprint_matches
 from minidalle.make_shapes import shape_set_of_data
 from minidalle.report import report_metrics
+from pipeline.rerank import ClipReranker
+from pipeline.settings import MAX_IMAGES_PER_PROMPT
 from stage1_vqvae.model import VQVAE
 from stage2_transformer.evaluation import evaluate_prior, sample_images
 from stage2_transformer.heldout_style import check_heldout_columns, heldout_grid, score_heldout_styles
@@ -62,6 +66,10 @@ class Stage2EvalConfig:
     heldout_negative_style: bool = False  # with heldout_style: also guide samples away from the other style
     negative_scale: float = DEFAULT_NEGATIVE_SCALE  # with heldout_negative_style: its weight
     diversity_captions: int = 64  # with heldout_style: captions sampled 4 times each for diversity
+    # with heldout_style: a CLIP re-ranker folder (reranker/train.py); also scores its pick of
+    # rerank_candidates samples per held-out caption (reranked_*), as the pipeline's --rerank-clip keeps
+    rerank_clip: str | None = None
+    rerank_candidates: int = 16
     grid_pairs: int = 16  # with heldout_style: held-out (sample, true image) pairs in the grid
     output_json: str | None = None
 
@@ -71,6 +79,9 @@ class Stage2EvalConfig:
         for scale in self.guidance_scales:
             check_sampling_args(self.sampling.temperature, None, None, scale)
         check_negative_scale_value(self.negative_scale)
+        check_int("rerank_candidates", self.rerank_candidates, 2, MAX_IMAGES_PER_PROMPT)
+        if self.rerank_clip is not None and not self.heldout_style:
+            raise ValueError("rerank_clip scores the held-out emoji captions: set --heldout_style true too.")
         if self.heldout_negative_style and self.sampling.guidance_scale == 1.0:
             raise ValueError(
                 "heldout_negative_style needs guidance (a negative prompt acts through it): set "
@@ -122,8 +133,11 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer = load_caption_tokenizer(run / "tokenizer")
     cfg.data.resolution = vqvae.config.resolution
     train_hf, eval_hf = data_lib.load_train_eval(cfg.data, max_eval=cfg.max_examples)
+    reranker = None
     if cfg.heldout_style:
         check_heldout_columns(eval_hf)
+        if cfg.rerank_clip is not None:
+            reranker = ClipReranker(cfg.rerank_clip, device=accelerator.device)
     codes = precompute_codes(
         eval_hf,
         vqvae=vqvae,
@@ -158,7 +172,9 @@ def main(argv: list[str] | None = None) -> dict:
                 metrics[f"samples_{name}_cfg{scale:g}"] = scores[name]
         metrics["samples_per_setting"] = len(captions)
     if cfg.heldout_style:
-        scores, samples = score_heldout_styles(model, layout, vqvae, tokenizer, eval_hf, train_hf, cfg)
+        scores, samples = score_heldout_styles(
+            model, layout, vqvae, tokenizer, eval_hf, train_hf, cfg, reranker=reranker
+        )
         metrics.update(scores)
         metrics["bits_ratio_caption_to_empty"] = (
             metrics["bits_per_image"] / metrics["bits_per_image_empty_caption"]

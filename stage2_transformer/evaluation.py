@@ -93,3 +93,31 @@ def sample_images(
         images.extend(tensor_to_pil(pixels))
         all_codes.append(codes.cpu())
     return (images, torch.cat(all_codes)) if return_codes else images
+
+
+@torch.no_grad()
+def sample_reranked(
+    model,
+    layout: SequenceLayout,
+    vqvae,
+    tokenizer,
+    captions: list[str],
+    reranker,
+    candidates: int,
+    *,
+    seed: int = 0,
+    **settings,
+):
+    """DALL-E's choice: ``candidates`` samples per caption, keep the one the CLIP ``reranker`` matches best.
+
+    Candidate k of caption i has seed ``seed + k * n + i`` (n captions), so candidate 0 is what
+    ``sample_images`` draws with ``seed``. Returns the kept images (PIL) and each one's candidate index (n,).
+    ``settings``: ``sample_images``'s sampling arguments."""
+    n = len(captions)
+    drawn, scores = [], []
+    for k in range(candidates):
+        images = sample_images(model, layout, vqvae, tokenizer, captions, seed=seed + k * n, **settings)
+        drawn.append(images)
+        scores.append(reranker.score(images, captions))  # (n,)
+    picked = torch.stack(scores, 1).argmax(1)  # (n,)
+    return [drawn[k][i] for i, k in enumerate(picked.tolist())], picked

@@ -28,6 +28,11 @@ model needed:
   other style's name ("penguin, noto style" against "penguin, twemoji style"). It tells how much of the
   style a user gets by naming the style they do not want; the negative caption is extra input, so
   these scores do not replace the plain ones.
+* ``reranked_*`` (with a re-ranker, the evaluate command's ``rerank_clip``): the same scores for the
+  sample a CLIP re-ranker (``reranker/train.py``) picks among ``rerank_candidates`` per caption, the
+  first of them being the plain sample. It tells what DALL-E's draw-many-keep-the-best adds on top of
+  the prior; the re-ranker learnt from the same training pictures, so it cannot supply a style drawing
+  neither model has seen, only choose among what the prior draws.
 * Bits per image of the held-out images with and without the caption come from ``evaluate_prior``
   (``bits_ratio_caption_to_empty``): how much the caption helps the likelihood, with no sampling;
   it cannot tell whether samples look right.
@@ -50,7 +55,7 @@ from PIL import Image
 
 from minidalle.images import captioned_grid
 from minidalle.pixels import pil_to_tensor, preprocess, tensor_to_pil
-from stage2_transformer.evaluation import sample_images
+from stage2_transformer.evaluation import sample_images, sample_reranked
 
 # Emoji categories by how the other style of an emoji relates to it: *families* are many emoji drawn to one
 # pattern (the other style of one is the pattern applied to it), *one-offs* each their own drawing; the
@@ -195,12 +200,14 @@ def check_heldout_columns(eval_hf) -> None:
 
 
 def score_heldout_styles(
-    model, layout, vqvae, tokenizer, eval_hf, train_hf, cfg, diversity_samples: int = 4
+    model, layout, vqvae, tokenizer, eval_hf, train_hf, cfg, diversity_samples: int = 4, reranker=None
 ) -> tuple[dict[str, float], list[Image.Image]]:
     """Sample the held-out captions, score them; returns the metrics and the samples (PIL, one per caption).
 
     ``cfg`` is the evaluate command's config: ``sampling``, ``seed``, ``num_samples`` (captions scored)
-    and ``diversity_captions`` (captions sampled ``diversity_samples`` times each).
+    and ``diversity_captions`` (captions sampled ``diversity_samples`` times each). With a ``reranker``
+    (``pipeline.rerank.ClipReranker``) the held-out captions are also scored as the re-ranker's pick of
+    ``cfg.rerank_candidates`` samples each (``reranked_*``), and those picks are the samples returned.
     """
     heldout_rows, other_rows, truths, others = heldout_pairs(
         eval_hf, train_hf, vqvae.config.resolution, cfg.num_samples
@@ -233,6 +240,25 @@ def score_heldout_styles(
         return images, right_style, rank
 
     samples, right_style, rank = sample_and_score(captions, truths, others)
+    if reranker is not None:  # the same first candidates, and the re-ranker's pick among more
+        reranked, _ = sample_reranked(
+            model,
+            layout,
+            vqvae,
+            tokenizer,
+            captions,
+            reranker,
+            cfg.rerank_candidates,
+            seed=cfg.seed,
+            **settings,
+        )
+        pixels = torch.stack([pil_to_tensor(image) for image in reranked])  # (n, 3, H, W)
+        reranked_style, reranked_rank = style_and_rank(pixels, truths, others)
+        metrics.update(
+            {"reranked_" + key: value for key, value in percentages(reranked_style, reranked_rank).items()}
+        )
+        metrics["reranked_candidates"] = cfg.rerank_candidates
+        samples = reranked  # the grid shows what the pipeline would keep
     if "category" in eval_hf.column_names:
         categories = [row["category"] for row in heldout_rows]
         by_category = scores_by_group(right_style, rank, categories)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from minidalle.config import ConfigError, parse_config
+from reranker.run_config import RerankerRunConfig
 from stage1_vqvae.run_config import Stage1RunConfig
 from stage2_transformer.run_config import Stage2RunConfig
 
@@ -34,6 +35,12 @@ def test_gpu_configs_are_real_scale():
 @pytest.mark.parametrize("name", ["stage2_tiny", "stage2_gpu", "stage2_emoji32_gpu"])
 def test_stage2_configs_parse(name):
     parse_config(Stage2RunConfig, ["--config", str(CONFIGS / f"{name}.yaml")])
+
+
+@pytest.mark.parametrize("name", ["reranker_tiny", "reranker_emoji32", "reranker_gpu"])
+def test_reranker_configs_parse(name):
+    cfg = parse_config(RerankerRunConfig, ["--config", str(CONFIGS / f"{name}.yaml")])
+    assert cfg.data.resolution % cfg.model.patch_size == 0
 
 
 def test_emoji_gpu_prior_is_the_measured_one():

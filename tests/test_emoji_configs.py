@@ -88,17 +88,45 @@ def test_emoji32_configs_train_and_score_heldout_styles(tmp_path, emoji_folders)
     assert json.loads((stage2 / "eval_metrics.json").read_text()) == report
     assert Image.open(stage2 / "heldout_samples.png").width > 2 * 128  # sample and true image side by side
 
-    # The candidates benchmark on the same run: candidate 0 is the sample the evaluate command scored.
+    # A re-ranker, two steps of configs/reranker_emoji32.yaml on the same pictures and stage 1, and the
+    # evaluate command's score of its pick of 3 samples per held-out caption.
+    reranker = tmp_path / "reranker"
+    settings = FEW_STEPS + " --num_eval_images 2"
+    launch(
+        "reranker/train.py",
+        "--config",
+        "configs/reranker_emoji32.yaml",
+        *flags(settings),
+        *map(str, ["--data.path", emoji_folders[32], "--vqvae", tmp_path / "stage1" / "vqvae"]),
+        *map(str, ["--train.output_dir", reranker]),
+    )
+    reranked = evaluate(
+        ["--config", "configs/stage2_emoji32.yaml", *map(str, paths)]
+        + flags(
+            "--heldout_style true --num_samples 8 --diversity_captions 0 --grid_pairs 2 --rerank_candidates 3"
+        )
+        + ["--rerank_clip", str(reranker / "clip")]
+    )
+    assert (
+        reranked["reranked_candidates"] == 3
+        and reranked["style_accuracy_pct"] == report["style_accuracy_pct"]
+    )
+
+    # The candidates benchmark on the same run: candidate 0 is the sample the evaluate command scored, and
+    # the re-ranker's pick of the same 3 candidates is the evaluate command's reranked sample.
     from benchmarks.heldout_candidates import RULES
     from benchmarks.heldout_candidates import main as candidates
 
     out = tmp_path / "candidates.json"
     bench = candidates(
         ["--run", str(stage2), "--data", str(emoji_folders[32]), "--candidates", "3", "--out", str(out)]
+        + ["--clip", str(reranker / "clip")]
     )
     every = bench["groups"]["all"]
     assert every["captions"] == 2 and set(RULES) <= set(every)
     assert every["first"]["style_accuracy_pct"] == report["style_accuracy_pct"]
+    for key in ("style_accuracy_pct", "retrieval_top1_pct", "retrieval_top5_pct"):
+        assert every["CLIP's pick"][key] == reranked["reranked_" + key]
     assert every["negative style"]["style_accuracy_pct"] == report["negative_style_accuracy_pct"]
     # any of the candidates in the right style is at least as often as the first or the prior's pick
     for rule in ("first", "all candidates", "prior's pick"):
