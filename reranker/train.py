@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import DistributedType
+from transformers import AutoTokenizer
 
 from minidalle import data as data_lib
 from minidalle.config import ConfigError, parse_config
@@ -44,8 +45,6 @@ logger = logging.getLogger("reranker.train")
 
 def load_tokenizer(cfg: RerankerRunConfig, accelerator, output_dir: Path, train_hf):
     """The run's tokenizer: trained on the training captions now, or the one a resumed run trained."""
-    from transformers import AutoTokenizer
-
     folder = output_dir / "tokenizer"
     if accelerator.is_main_process and not (folder / "tokenizer.json").is_file():
         captions = (text or "" for text in train_hf["text"])
@@ -65,7 +64,8 @@ def load_rows(dataset: data_lib.ImageCaptionDataset, rows: list[int]) -> dict:
 
 class Stage1Views:
     """Training pictures as the stage-1 model reconstructs them, each computed once and kept as uint8
-    (3 KB a picture at 32 px): a stage-1 pass over half of every batch cost 0.33 s of a 0.6 s step."""
+    (3 KB a picture at 32 px): a stage-1 pass over half of every batch of 256 emoji took 0.33 s of the
+    0.94 s step, 0.62 s without it."""
 
     def __init__(self, vqvae: VQVAE):
         self.vqvae = vqvae
