@@ -175,8 +175,9 @@ def main(argv: list[str] | None = None) -> dict:
     negative_mse = mse_to_truth(negative_pixels)
     seconds = time.perf_counter() - start
 
-    picked = contrast.argmax(1)  # (n,) the prior's pick
-    clip_picked = torch.stack(clip_scores, 1).argmax(1) if clip_scores else None  # (n,) CLIP's pick
+    picks = {"prior's pick": contrast.argmax(1)}  # each (n,): the chosen candidate of every caption
+    if clip_scores:
+        picks["CLIP's pick"] = torch.stack(clip_scores, 1).argmax(1)
     rows_of = torch.arange(n)
     table: dict[str, dict] = {}
     for name, mask in group_masks([row["category"] for row in rows]).items():  # mask: (n,)
@@ -184,16 +185,10 @@ def main(argv: list[str] | None = None) -> dict:
             "first": percentages(right_style[mask, 0], ranks[mask, 0]),
             "negative style": percentages(negative_right[mask], negative_rank[mask]),
             "all candidates": percentages(right_style[mask].flatten(), ranks[mask].flatten()),
-            "prior's pick": percentages(right_style[rows_of, picked][mask], ranks[rows_of, picked][mask]),
-            **(
-                {}
-                if clip_picked is None
-                else {
-                    "CLIP's pick": percentages(
-                        right_style[rows_of, clip_picked][mask], ranks[rows_of, clip_picked][mask]
-                    )
-                }
-            ),
+            **{
+                rule: percentages(right_style[rows_of, pick][mask], ranks[rows_of, pick][mask])
+                for rule, pick in picks.items()
+            },
             # some candidate in the right style; some candidate's rank within k iff the best rank is
             "any candidate": percentages(right_style[mask].any(1), ranks[mask].min(1).values),
         }
@@ -202,8 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
     steered = ", each steered away from the other style" if args.negative_candidates else ""
     print(f"\nHeld-out captions of {args.data}, {args.candidates} candidates each{steered}, run {run}")
     print("style accuracy / retrieval top-5, %")
-    rules = RULES if clip_picked is None else (*RULES[:4], "CLIP's pick", RULES[4])
-    print(format_group_table(table, rules))
+    print(format_group_table(table, (*RULES[:3], *picks, RULES[-1])))  # picks: the prior's, CLIP's
     print(f"sampling and scoring: {seconds:.0f} s")
     per_caption = [
         {
@@ -219,8 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "rank": int(negative_rank[i]),
                 "mse": float(negative_mse[i]),
             },
-            "prior's pick": int(picked[i]),
-            **({} if clip_picked is None else {"CLIP's pick": int(clip_picked[i])}),
+            **{rule: int(pick[i]) for rule, pick in picks.items()},
         }
         for i in range(n)
     ]  # mse: pixel MSE to the true image, which tells two samples apart where the scores cannot

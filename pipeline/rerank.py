@@ -63,14 +63,19 @@ class ClipReranker:
         return (image_embeds * text_embeds[which]).sum(-1).float().cpu()  # (N,)
 
     def _embed(self, **inputs) -> torch.Tensor:
-        """L2-normalised projected embeddings of one tower."""
-        if "pixel_values" in inputs:
-            out = self.model.get_image_features(**inputs)
-        else:
-            out = self.model.get_text_features(**inputs)
-        # transformers 5 returns a model output whose pooler_output is the projection; 4.x a tensor.
-        features = out if isinstance(out, torch.Tensor) else out.pooler_output  # (b, E)
-        return torch.nn.functional.normalize(features.float(), dim=-1)
+        return clip_embeddings(self.model, **inputs)
+
+
+def clip_embeddings(model: CLIPModel, **inputs) -> torch.Tensor:
+    """L2-normalised projected embeddings of one tower: ``pixel_values`` (b, 3, S, S) for the image tower,
+    else ``input_ids`` and ``attention_mask`` (b, T) for the text tower. Returns (b, E) float32."""
+    if "pixel_values" in inputs:
+        out = model.get_image_features(**inputs)
+    else:
+        out = model.get_text_features(**inputs)
+    # transformers 5 returns a model output whose pooler_output is the projection; 4.x a tensor.
+    features = out if isinstance(out, torch.Tensor) else out.pooler_output  # (b, E)
+    return torch.nn.functional.normalize(features.float(), dim=-1)
 
 
 def best_per_prompt(scores: torch.Tensor, per_prompt: int, keep: int) -> tuple[torch.Tensor, list[int]]:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from pipeline.rerank import clip_embeddings
+
 
 @torch.no_grad()
 def embed(
@@ -21,13 +23,11 @@ def embed(
     images, texts = [], []
     for start in range(0, len(pixels), batch_size):
         end = start + batch_size
-        images.append(model.get_image_features(pixel_values=pixels[start:end]).pooler_output.float())
+        images.append(clip_embeddings(model, pixel_values=pixels[start:end]))
         texts.append(
-            model.get_text_features(
-                input_ids=input_ids[start:end], attention_mask=attention_mask[start:end]
-            ).pooler_output.float()
+            clip_embeddings(model, input_ids=input_ids[start:end], attention_mask=attention_mask[start:end])
         )
-    return F.normalize(torch.cat(images), dim=-1), F.normalize(torch.cat(texts), dim=-1)
+    return torch.cat(images), torch.cat(texts)
 
 
 def retrieval_scores(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: float) -> dict:

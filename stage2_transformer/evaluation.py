@@ -106,17 +106,22 @@ def sample_reranked(
     candidates: int,
     *,
     seed: int = 0,
+    first: list | None = None,
     **settings,
 ):
     """DALL-E's choice: ``candidates`` samples per caption, keep the one the CLIP ``reranker`` matches best.
 
     Candidate k of caption i has seed ``seed + k * n + i`` (n captions), so candidate 0 is what
-    ``sample_images`` draws with ``seed``. Returns the kept images (PIL) and each one's candidate index (n,).
-    ``settings``: ``sample_images``'s sampling arguments."""
+    ``sample_images`` draws with ``seed``: pass those images as ``first`` when they are drawn already.
+    Returns the kept images (PIL) and each one's candidate index (n,). ``settings``: ``sample_images``'s
+    sampling arguments."""
     n = len(captions)
     drawn, scores = [], []
     for k in range(candidates):
-        images = sample_images(model, layout, vqvae, tokenizer, captions, seed=seed + k * n, **settings)
+        if k == 0 and first is not None:
+            images = first
+        else:
+            images = sample_images(model, layout, vqvae, tokenizer, captions, seed=seed + k * n, **settings)
         drawn.append(images)
         scores.append(reranker.score(images, captions))  # (n,)
     picked = torch.stack(scores, 1).argmax(1)  # (n,)

@@ -250,6 +250,7 @@ def score_heldout_styles(
             reranker,
             cfg.rerank_candidates,
             seed=cfg.seed,
+            first=samples,
             **settings,
         )
         pixels = torch.stack([pil_to_tensor(image) for image in reranked])  # (n, 3, H, W)

@@ -174,6 +174,20 @@ def test_reranked_sample_is_the_best_scored_of_the_seeded_candidates(tmp_path):
     for i, image in enumerate(kept):
         assert image.tobytes() == candidates[picked[i]][i].tobytes()
     assert len({image.tobytes() for images in candidates for image in images}) > n  # candidates differ
+    # candidate 0 handed over as already drawn: the same pick
+    _, picked_again = sample_reranked(
+        model,
+        layout,
+        vqvae,
+        tokenizer,
+        captions,
+        reranker,
+        4,
+        seed=5,
+        first=candidates[0],
+        guidance_scale=2.0,
+    )
+    assert torch.equal(picked_again, picked)
 
 
 def test_a_group_column_the_data_lack_is_one_line_before_anything_is_written(
