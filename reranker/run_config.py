@@ -70,7 +70,7 @@ class RerankerRunConfig:
         if self.batches.stage1_views > 0 and not self.vqvae:
             raise ValueError(
                 "batches.stage1_views needs vqvae: the stage-1 model folder whose reconstructions to show "
-                "(e.g. --vqvae outputs/stage1_emoji32/vqvae), or set batches.stage1_views 0."
+                "(e.g. --vqvae outputs/stage1_emoji32_8x8/vqvae), or set batches.stage1_views 0."
             )
         if self.train.batch_size < 2:
             raise ValueError("train.batch_size must be at least 2: a contrastive batch needs negatives.")

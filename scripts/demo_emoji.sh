@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Real captioned images at 32 px: get the emoji data (Twemoji + Noto), train stage 1 and stage 2, score
-# the held-out (emoji, style) pairs, and draw held-out samples beside their true images
-# (outputs/stage2_emoji32/heldout_samples.png). Rerunning resumes each stage from its latest checkpoint.
-# About 55 min on a 2-core CPU with bf16 (stage 1 16 min, stage 2 38 min, measured one by one).
+# Real captioned images at 32 px: get the emoji data (Twemoji + Noto), train stage 1 (8x8 codes), the
+# prior, and a CLIP re-ranker on the training pictures; score the held-out (emoji, style) pairs, one sample
+# and the re-ranker's pick of 16; draw the picks beside their true images
+# (outputs/stage2_emoji32_8x8/heldout_samples.png). Rerunning resumes each training from its latest checkpoint.
+# The recipe that draws best on a CPU (configs/stage1_emoji32_8x8.yaml, stage2_emoji32_8x8.yaml,
+# reranker_emoji32.yaml); the 16x16 reconstruction recipe is configs/stage1_emoji32.yaml + stage2_emoji32.yaml.
 #   bash scripts/demo_emoji.sh
-#   STAGE1_STEPS=4 STAGE2_STEPS=4 SAMPLES=16 bash scripts/demo_emoji.sh   # a quick end-to-end check
+#   STAGE1_STEPS=4 STAGE2_STEPS=4 RERANKER_STEPS=4 SAMPLES=16 bash scripts/demo_emoji.sh   # a quick check
 # SKIP_SETUP=1 uses the python on PATH instead of setting up .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,26 +19,33 @@ export TOKENIZERS_PARALLELISM=false
 # Without a GPU, `accelerate launch` runs the script with one CPU thread unless told otherwise.
 THREADS="--num_cpu_threads_per_process $(nproc)"
 OUT="${OUT:-outputs}"
-STAGE1_FLAGS="--train.output_dir $OUT/stage1_emoji32 ${STAGE1_STEPS:+--train.max_steps $STAGE1_STEPS}"
-STAGE2_FLAGS="--train.output_dir $OUT/stage2_emoji32 --vqvae $OUT/stage1_emoji32/vqvae ${STAGE2_STEPS:+--train.max_steps $STAGE2_STEPS}"
+VQVAE="$OUT/stage1_emoji32_8x8/vqvae"
+STAGE1_FLAGS="--train.output_dir $OUT/stage1_emoji32_8x8 ${STAGE1_STEPS:+--train.max_steps $STAGE1_STEPS}"
+STAGE2_FLAGS="--train.output_dir $OUT/stage2_emoji32_8x8 --vqvae $VQVAE ${STAGE2_STEPS:+--train.max_steps $STAGE2_STEPS}"
+RERANKER_FLAGS="--train.output_dir $OUT/reranker_emoji32 --vqvae $VQVAE ${RERANKER_STEPS:+--train.max_steps $RERANKER_STEPS}"
 
 echo "== data: every emoji in two styles, 10% of the (emoji, style) pairs held out"
 if [ ! -f data/emoji32/counts.json ]; then
   RESOLUTIONS=32 PYTHON=python bash scripts/get_emoji.sh
 fi
 
-echo "== stage 1: VQ-VAE image tokenizer (configs/stage1_emoji32.yaml)"
-accelerate launch -q $THREADS stage1_vqvae/train.py --config configs/stage1_emoji32.yaml $STAGE1_FLAGS \
+echo "== stage 1: VQ-VAE image tokenizer, 8x8 codes (configs/stage1_emoji32_8x8.yaml)"
+accelerate launch -q $THREADS stage1_vqvae/train.py --config configs/stage1_emoji32_8x8.yaml $STAGE1_FLAGS \
   --resume_from_checkpoint latest
-python -m stage1_vqvae.evaluate --config configs/stage1_emoji32.yaml --model "$OUT/stage1_emoji32/vqvae"
+python -m stage1_vqvae.evaluate --config configs/stage1_emoji32_8x8.yaml --model "$VQVAE"
 
-echo "== stage 2: transformer prior p(codes | caption) (configs/stage2_emoji32.yaml)"
-accelerate launch -q $THREADS stage2_transformer/train.py --config configs/stage2_emoji32.yaml $STAGE2_FLAGS \
+echo "== stage 2: transformer prior p(codes | caption) (configs/stage2_emoji32_8x8.yaml)"
+accelerate launch -q $THREADS stage2_transformer/train.py --config configs/stage2_emoji32_8x8.yaml $STAGE2_FLAGS \
   --resume_from_checkpoint latest
 
-echo "== held-out pairs: style accuracy, retrieval, bits per image, diversity; the sample grid"
-python -m stage2_transformer.evaluate --config configs/stage2_emoji32.yaml --run "$OUT/stage2_emoji32" \
-  --heldout_style true --heldout_negative_style true --num_samples "${SAMPLES:-512}"
+echo "== re-ranker: a CLIP trained on the training pictures (configs/reranker_emoji32.yaml)"
+accelerate launch -q $THREADS reranker/train.py --config configs/reranker_emoji32.yaml $RERANKER_FLAGS \
+  --resume_from_checkpoint latest
+
+echo "== held-out pairs: style accuracy, retrieval, bits per image, diversity, the re-ranker's pick; the grid"
+python -m stage2_transformer.evaluate --config configs/stage2_emoji32_8x8.yaml --run "$OUT/stage2_emoji32_8x8" \
+  --heldout_style true --heldout_negative_style true --num_samples "${SAMPLES:-512}" \
+  --rerank_clip "$OUT/reranker_emoji32/clip"
 
 echo "== done in $(( ($(date +%s) - start) / 60 )) min $(( ($(date +%s) - start) % 60 )) s"
-echo "held-out samples beside their true images: $OUT/stage2_emoji32/heldout_samples.png"
+echo "held-out samples (the re-ranker's picks) beside their true images: $OUT/stage2_emoji32_8x8/heldout_samples.png"
