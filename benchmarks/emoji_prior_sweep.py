@@ -25,7 +25,7 @@ each scored variant's held-out grid: 7 files at most. Prints a table. Models and
 (a folder an earlier sweep made is emptied; one holding anything else is refused).
 
 Measured on one H200 with ``--budget 515`` (490 s in all): the 768-wide, 12-layer prior reaches held-out
-top-5 36.7% against the CPU recipe's 26.0%; the table is in the README ("A larger prior, on one GPU")
+top-5 36.7% against the CPU recipe's 26.0%; the table is in docs/emoji.md ("A larger prior, on one GPU")
 and in configs/stage2_emoji32_gpu.yaml.
 """
 

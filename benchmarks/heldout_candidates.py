@@ -48,23 +48,18 @@ from accelerate import Accelerator
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-from minidalle import data as data_lib  # noqa: E402
+from benchmarks.heldout_run import load_heldout_run  # noqa: E402
 from minidalle.pixels import pil_to_tensor  # noqa: E402
 from pipeline.rerank import ClipReranker  # noqa: E402
-from stage1_vqvae.model import VQVAE  # noqa: E402
-from stage2_transformer.evaluate import stage1_model_of_run  # noqa: E402
 from stage2_transformer.evaluation import sample_images  # noqa: E402
 from stage2_transformer.heldout_style import (  # noqa: E402
     format_group_table,
     group_masks,
-    heldout_pairs,
-    negative_style_caption,
     percentages,
     style_and_rank,
 )
-from stage2_transformer.model import load_transformer  # noqa: E402
 from stage2_transformer.sampling import image_token_log_likelihood  # noqa: E402
-from stage2_transformer.tokenizer import encode_captions, load_caption_tokenizer  # noqa: E402
+from stage2_transformer.tokenizer import encode_captions  # noqa: E402
 
 RULES = ("first", "negative style", "all candidates", "prior's pick", "any candidate")
 
@@ -97,22 +92,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     run = Path(args.run)
     device = Accelerator().device
-    vqvae = VQVAE.from_pretrained(stage1_model_of_run(run, None), device=device)
-    model, layout = load_transformer(run / "transformer")
-    model.to(device)
-    tokenizer = load_caption_tokenizer(run / "tokenizer")
-    resolution = vqvae.config.resolution
-    data_cfg = data_lib.DataConfig(source="imagefolder", path=args.data, resolution=resolution)
-    train_hf, eval_hf = data_lib.load_train_eval(data_cfg)
-    try:
-        rows, other_rows, truths, others = heldout_pairs(eval_hf, train_hf, resolution, args.max_captions)
-    except ValueError as err:  # not emoji data: say so, no traceback
-        p.error(str(err))
-    captions = [row["text"] for row in rows]
-    negatives = [
-        negative_style_caption(c, row["style"], other["style"])
-        for c, row, other in zip(captions, rows, other_rows)
-    ]
+    held = load_heldout_run(run, args.data, args.max_captions, device, p.error)
+    model, layout, vqvae, tokenizer = held.model, held.layout, held.vqvae, held.tokenizer
+    rows, truths, others, captions, negatives = (
+        held.rows,
+        held.truths,
+        held.others,
+        held.captions,
+        held.negatives,
+    )
     n = len(captions)
     settings = dict(guidance_scale=args.guidance)
     candidate_settings = (

@@ -5,6 +5,8 @@
 # (outputs/stage2_emoji32_8x8/heldout_samples.png). Rerunning resumes each training from its latest checkpoint.
 # The recipe that draws best on a CPU (configs/stage1_emoji32_8x8.yaml, stage2_emoji32_8x8.yaml,
 # reranker_emoji32.yaml); the 16x16 reconstruction recipe is configs/stage1_emoji32.yaml + stage2_emoji32.yaml.
+# 33 min from a fresh clone on a 2-core CPU with bf16 (set-up and data 1, stage 1 10, prior 11, re-ranker 8.5,
+# scoring 3): held-out top-5 25.5% for one sample, 31.5% for the re-ranker's pick.
 #   bash scripts/demo_emoji.sh
 #   STAGE1_STEPS=4 STAGE2_STEPS=4 RERANKER_STEPS=4 SAMPLES=16 bash scripts/demo_emoji.sh   # a quick check
 # SKIP_SETUP=1 uses the python on PATH instead of setting up .venv.

@@ -10,7 +10,9 @@ model needed:
   is good: a blurry average of both styles that leans the right way scores as well as a sharp drawing.
   Nor does it reward redrawing the emoji from its other style: on one-off emoji (food, animals) the two
   styles' drawings share little, and drawings made from the other style's picture with what the
-  two-style training pairs show fall below chance (``benchmarks/heldout_style_references.py``).
+  two-style training pairs show fall below chance (``benchmarks/heldout_style_references.py``). It asks
+  for the style's *drawing* of the emoji, not its look: whether the sample looks like the asked style
+  (palette, outlines, shading) is what ``benchmarks/heldout_style_classifier.py`` reads.
 * ``retrieval_top1_pct`` / ``retrieval_top5_pct``: the true image's rank among all held-out images
   by distance to the sample. It tells whether the sample is specific to its emoji (shape, colours);
   pixel MSE rewards matching layout and colour, so it cannot tell "right object, shifted or

@@ -29,10 +29,11 @@ def emoji_folders(tmp_path_factory) -> dict[int, str]:
     return {resolution: str(root / f"emoji{resolution}") for resolution in (32, 64)}
 
 
-def train_both_stages(tmp_path, folder: str, resolution: int):
-    """Two steps of each stage with configs/stage{1,2}_emoji<resolution>.yaml; returns the stage-2 run."""
+def train_both_stages(tmp_path, folder: str, resolution: int, recipe: str = ""):
+    """Two steps of each stage with configs/stage{1,2}_emoji<resolution><recipe>.yaml; returns the stage-2
+    run."""
     stage1, stage2 = tmp_path / "stage1", tmp_path / "stage2"
-    config1, config2 = f"configs/stage1_emoji{resolution}.yaml", f"configs/stage2_emoji{resolution}.yaml"
+    config1, config2 = (f"configs/stage{i}_emoji{resolution}{recipe}.yaml" for i in (1, 2))
     data = ["--data.path", folder]
     launch(
         "stage1_vqvae/train.py",
@@ -64,15 +65,23 @@ def test_emoji64_configs_train_both_stages(tmp_path, emoji_folders):
     train_both_stages(tmp_path, emoji_folders[64], 64)
 
 
+def test_emoji32_reconstruction_recipe_trains_both_stages(tmp_path, emoji_folders):
+    """configs/stage{1,2}_emoji32.yaml, the 16x16 codes that meet the 30 dB target."""
+    train_both_stages(tmp_path, emoji_folders[32], 32)
+    assert VQVAE.from_pretrained(tmp_path / "stage1" / "vqvae").config.grid_size == 16
+
+
 def test_emoji32_configs_train_and_score_heldout_styles(tmp_path, emoji_folders):
-    """Both stages, then the evaluate command's --heldout_style: every score present and in range, a grid."""
+    """The recipe of scripts/demo_emoji.sh (configs/stage{1,2}_emoji32_8x8.yaml, reranker_emoji32.yaml): both
+    stages, then the evaluate command's --heldout_style: every score present and in range, a grid."""
     from stage2_transformer.evaluate import main as evaluate
 
-    stage2 = train_both_stages(tmp_path, emoji_folders[32], 32)
+    stage2 = train_both_stages(tmp_path, emoji_folders[32], 32, "_8x8")
+    assert VQVAE.from_pretrained(tmp_path / "stage1" / "vqvae").config.grid_size == 8
     settings = "--heldout_style true --heldout_negative_style true --num_samples 8 --diversity_captions 2"
     settings += " --grid_pairs 2"
     paths = ["--run", stage2, "--data.path", emoji_folders[32], "--codes.cache_dir", tmp_path / "codes"]
-    report = evaluate(["--config", "configs/stage2_emoji32.yaml", *map(str, paths), *flags(settings)])
+    report = evaluate(["--config", "configs/stage2_emoji32_8x8.yaml", *map(str, paths), *flags(settings)])
     assert report["heldout_captions"] == 2  # the fake packs hold out 2 pairs
     for key in ("style_accuracy_pct", "retrieval_top1_pct", "retrieval_top5_pct"):
         for prefix in ("", "train_pairs_", "negative_"):
@@ -101,7 +110,7 @@ def test_emoji32_configs_train_and_score_heldout_styles(tmp_path, emoji_folders)
         *map(str, ["--train.output_dir", reranker]),
     )
     reranked = evaluate(
-        ["--config", "configs/stage2_emoji32.yaml", *map(str, paths)]
+        ["--config", "configs/stage2_emoji32_8x8.yaml", *map(str, paths)]
         + flags(
             "--heldout_style true --num_samples 8 --diversity_captions 0 --grid_pairs 2 --rerank_candidates 3"
         )
@@ -142,6 +151,19 @@ def test_emoji32_configs_train_and_score_heldout_styles(tmp_path, emoji_folders)
     for plain, steered_caption in zip(bench["captions"], steered["captions"]):
         assert plain["first"]["mse"] != plain["negative style"]["mse"]
         assert steered_caption["first"] == steered_caption["negative style"] == plain["negative style"]
+
+    # The style classifier's reading of the same samples. The fake packs paint each style its own colour: the
+    # held-out pictures are read as their style and the other style's pictures as the other, and the samples'
+    # style accuracy beside the classifier's reading is the evaluate command's.
+    from benchmarks.heldout_style_classifier import main as style_classifier
+
+    out = tmp_path / "classifier.json"
+    settings = f"--run {stage2} --data {emoji_folders[32]} --classifier_steps 60 --out {out}"
+    read = style_classifier(flags(settings))["groups"]["all"]
+    assert read["captions"] == 2 and read["heldout_pct"] == 100.0 and read["other_style_pct"] == 0.0
+    assert read["sample_style_accuracy_pct"] == report["style_accuracy_pct"]
+    assert read["negative_style_accuracy_pct"] == report["negative_style_accuracy_pct"]
+    assert 0 <= read["sample_pct"] <= 100 and json.loads(out.read_text())["groups"]["all"] == read
 
 
 def test_emoji32_gpu_config_trains_through_the_entry_point(tmp_path, emoji_folders):

@@ -1,0 +1,60 @@
+"""A stage-2 run and the held-out emoji captions it is scored on, loaded once for the emoji benchmarks
+(``heldout_candidates.py``, ``heldout_style_classifier.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from transformers import PreTrainedModel, PreTrainedTokenizerFast
+
+from minidalle import data as data_lib
+from stage1_vqvae.model import VQVAE
+from stage2_transformer.evaluate import stage1_model_of_run
+from stage2_transformer.heldout_style import heldout_pairs, negative_style_caption
+from stage2_transformer.layout import SequenceLayout
+from stage2_transformer.model import load_transformer
+from stage2_transformer.tokenizer import load_caption_tokenizer
+
+
+@dataclass
+class HeldoutRun:
+    vqvae: VQVAE
+    model: PreTrainedModel
+    layout: SequenceLayout
+    tokenizer: PreTrainedTokenizerFast
+    train_hf: Dataset  # the training split
+    rows: list[dict]  # the held-out rows scored
+    other_rows: list[dict]  # each one's training row of the same emoji in the other style
+    truths: torch.Tensor  # (n, 3, H, W) the held-out pictures, on the CPU
+    others: torch.Tensor  # (n, 3, H, W) the other style's pictures
+    captions: list[str]
+    negatives: list[str]  # each caption with the other style's name: the negative-style prompt
+
+
+def load_heldout_run(
+    run: Path, data: str, max_captions: int | None, device: torch.device, error: Callable[[str], None]
+) -> HeldoutRun:
+    """``error`` (an argparse parser's) reports data that are not the emoji folders, with no traceback."""
+    vqvae = VQVAE.from_pretrained(stage1_model_of_run(run, None), device=device)
+    model, layout = load_transformer(run / "transformer")
+    model.to(device)
+    tokenizer = load_caption_tokenizer(run / "tokenizer")
+    resolution = vqvae.config.resolution
+    data_cfg = data_lib.DataConfig(source="imagefolder", path=data, resolution=resolution)
+    train_hf, eval_hf = data_lib.load_train_eval(data_cfg)
+    try:
+        rows, other_rows, truths, others = heldout_pairs(eval_hf, train_hf, resolution, max_captions)
+    except ValueError as err:
+        error(str(err))
+    captions = [row["text"] for row in rows]
+    negatives = [
+        negative_style_caption(c, row["style"], other["style"])
+        for c, row, other in zip(captions, rows, other_rows)
+    ]
+    return HeldoutRun(
+        vqvae, model, layout, tokenizer, train_hf, rows, other_rows, truths, others, captions, negatives
+    )
