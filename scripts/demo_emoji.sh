@@ -9,7 +9,8 @@
 # scoring 3): held-out top-5 25.5% for one sample, 31.5% for the re-ranker's pick.
 #   bash scripts/demo_emoji.sh
 #   STAGE1_STEPS=4 STAGE2_STEPS=4 RERANKER_STEPS=4 SAMPLES=16 bash scripts/demo_emoji.sh   # a quick check
-# SKIP_SETUP=1 uses the python on PATH instead of setting up .venv.
+#   PRIOR=stage2_emoji32_gpu bash scripts/demo_emoji.sh   # on a GPU: the 92M-parameter prior instead
+# SKIP_SETUP=1 uses $PYTHON (default python) and the accelerate on PATH instead of setting up .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -21,23 +22,25 @@ export TOKENIZERS_PARALLELISM=false
 # Without a GPU, `accelerate launch` runs the script with one CPU thread unless told otherwise.
 THREADS="--num_cpu_threads_per_process $(nproc)"
 OUT="${OUT:-outputs}"
+PYTHON="${PYTHON:-python}"
+PRIOR="${PRIOR:-stage2_emoji32_8x8}"   # a stage-2 config of configs/ over the 8x8 codes
 VQVAE="$OUT/stage1_emoji32_8x8/vqvae"
 STAGE1_FLAGS="--train.output_dir $OUT/stage1_emoji32_8x8 ${STAGE1_STEPS:+--train.max_steps $STAGE1_STEPS}"
-STAGE2_FLAGS="--train.output_dir $OUT/stage2_emoji32_8x8 --vqvae $VQVAE ${STAGE2_STEPS:+--train.max_steps $STAGE2_STEPS}"
+STAGE2_FLAGS="--train.output_dir $OUT/$PRIOR --vqvae $VQVAE ${STAGE2_STEPS:+--train.max_steps $STAGE2_STEPS}"
 RERANKER_FLAGS="--train.output_dir $OUT/reranker_emoji32 --vqvae $VQVAE ${RERANKER_STEPS:+--train.max_steps $RERANKER_STEPS}"
 
 echo "== data: every emoji in two styles, 10% of the (emoji, style) pairs held out"
 if [ ! -f data/emoji32/counts.json ]; then
-  RESOLUTIONS=32 PYTHON=python bash scripts/get_emoji.sh
+  RESOLUTIONS=32 PYTHON="$PYTHON" bash scripts/get_emoji.sh
 fi
 
 echo "== stage 1: VQ-VAE image tokenizer, 8x8 codes (configs/stage1_emoji32_8x8.yaml)"
 accelerate launch -q $THREADS stage1_vqvae/train.py --config configs/stage1_emoji32_8x8.yaml $STAGE1_FLAGS \
   --resume_from_checkpoint latest
-python -m stage1_vqvae.evaluate --config configs/stage1_emoji32_8x8.yaml --model "$VQVAE"
+"$PYTHON" -m stage1_vqvae.evaluate --config configs/stage1_emoji32_8x8.yaml --model "$VQVAE"
 
-echo "== stage 2: transformer prior p(codes | caption) (configs/stage2_emoji32_8x8.yaml)"
-accelerate launch -q $THREADS stage2_transformer/train.py --config configs/stage2_emoji32_8x8.yaml $STAGE2_FLAGS \
+echo "== stage 2: transformer prior p(codes | caption) (configs/$PRIOR.yaml)"
+accelerate launch -q $THREADS stage2_transformer/train.py --config "configs/$PRIOR.yaml" $STAGE2_FLAGS \
   --resume_from_checkpoint latest
 
 echo "== re-ranker: a CLIP trained on the training pictures (configs/reranker_emoji32.yaml)"
@@ -45,9 +48,9 @@ accelerate launch -q $THREADS reranker/train.py --config configs/reranker_emoji3
   --resume_from_checkpoint latest
 
 echo "== held-out pairs: style accuracy, retrieval, bits per image, diversity, the re-ranker's pick; the grid"
-python -m stage2_transformer.evaluate --config configs/stage2_emoji32_8x8.yaml --run "$OUT/stage2_emoji32_8x8" \
+"$PYTHON" -m stage2_transformer.evaluate --config "configs/$PRIOR.yaml" --run "$OUT/$PRIOR" \
   --heldout_style true --heldout_negative_style true --num_samples "${SAMPLES:-512}" \
   --rerank_clip "$OUT/reranker_emoji32/clip"
 
 echo "== done in $(( ($(date +%s) - start) / 60 )) min $(( ($(date +%s) - start) % 60 )) s"
-echo "held-out samples (the re-ranker's picks) beside their true images: $OUT/stage2_emoji32_8x8/heldout_samples.png"
+echo "held-out samples (the re-ranker's picks) beside their true images: $OUT/$PRIOR/heldout_samples.png"
