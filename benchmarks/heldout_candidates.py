@@ -48,7 +48,7 @@ from accelerate import Accelerator
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-from benchmarks.heldout_run import load_heldout_run  # noqa: E402
+from benchmarks.heldout_run import add_heldout_arguments, load_heldout_run  # noqa: E402
 from minidalle.pixels import pil_to_tensor  # noqa: E402
 from pipeline.rerank import ClipReranker  # noqa: E402
 from stage2_transformer.evaluation import sample_images  # noqa: E402
@@ -66,13 +66,8 @@ RULES = ("first", "negative style", "all candidates", "prior's pick", "any candi
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        "--run", required=True, help="stage-2 output folder (transformer/, tokenizer/, stage1.json)"
-    )
-    p.add_argument("--data", required=True, help="emoji data folder from scripts/get_emoji.sh")
+    add_heldout_arguments(p, "heldout_candidates")
     p.add_argument("--candidates", type=int, default=16)
-    p.add_argument("--guidance", type=float, default=3.0)
-    p.add_argument("--negative_scale", type=float, default=32.0)
     p.add_argument(
         "--negative_candidates",
         action="store_true",
@@ -83,9 +78,6 @@ def main(argv: list[str] | None = None) -> dict:
         default=None,
         help='a CLIP folder (pipeline/rerank.py): adds the rule "CLIP\'s pick", the candidate it matches best',
     )
-    p.add_argument("--max_captions", type=int, default=None, help="score only the first N held-out captions")
-    p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--out", default="benchmarks/results/heldout_candidates.json")
     args = p.parse_args(argv)
     if args.candidates < 1:
         p.error(f"--candidates must be at least 1, got {args.candidates}.")

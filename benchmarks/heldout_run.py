@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,22 @@ class HeldoutRun:
     others: torch.Tensor  # (n, 3, H, W) the other style's pictures
     captions: list[str]
     negatives: list[str]  # each caption with the other style's name: the negative-style prompt
+
+
+def add_heldout_arguments(parser: argparse.ArgumentParser, benchmark: str) -> None:
+    """The arguments every emoji benchmark on a stage-2 run takes; its JSON goes to
+    ``benchmarks/results/<benchmark>.json`` unless ``--out`` says otherwise."""
+    parser.add_argument(
+        "--run", required=True, help="stage-2 output folder (transformer/, tokenizer/, stage1.json)"
+    )
+    parser.add_argument("--data", required=True, help="emoji data folder from scripts/get_emoji.sh")
+    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--negative_scale", type=float, default=32.0)
+    parser.add_argument(
+        "--max_captions", type=int, default=None, help="score only the first N held-out captions"
+    )
+    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--out", default=f"benchmarks/results/{benchmark}.json")
 
 
 def load_heldout_run(

@@ -44,7 +44,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-from benchmarks.heldout_run import load_heldout_run  # noqa: E402
+from benchmarks.heldout_run import add_heldout_arguments, load_heldout_run  # noqa: E402
 from minidalle.pixels import pil_to_tensor, preprocess  # noqa: E402
 from stage1_vqvae.model import VQVAE  # noqa: E402
 from stage2_transformer.evaluation import sample_images  # noqa: E402
@@ -114,9 +114,9 @@ def train_classifier(
 
 @torch.no_grad()
 def read_as(model: nn.Module, pictures: torch.Tensor, styles: torch.Tensor) -> torch.Tensor:
-    """Is each picture (n, 3, H, W) read as its ``styles`` (n,)? (n,) bool."""
+    """Is each picture (n, 3, H, W) read as its ``styles`` (n,)? (n,) bool, on the CPU."""
     logits = torch.cat([model(chunk) for chunk in pictures.split(256)])  # (n, num_styles)
-    return logits.argmax(1) == styles
+    return (logits.argmax(1) == styles).cpu()
 
 
 @torch.no_grad()
@@ -132,16 +132,8 @@ def percent(flags: torch.Tensor) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        "--run", required=True, help="stage-2 output folder (transformer/, tokenizer/, stage1.json)"
-    )
-    p.add_argument("--data", required=True, help="emoji data folder from scripts/get_emoji.sh")
+    add_heldout_arguments(p, "heldout_style_classifier")
     p.add_argument("--classifier_steps", type=int, default=1500, help="training steps of 128 pictures")
-    p.add_argument("--guidance", type=float, default=3.0)
-    p.add_argument("--negative_scale", type=float, default=32.0)
-    p.add_argument("--max_captions", type=int, default=None, help="score only the first N held-out captions")
-    p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--out", default="benchmarks/results/heldout_style_classifier.json")
     args = p.parse_args(argv)
     if args.classifier_steps < 1:
         p.error(f"--classifier_steps must be at least 1, got {args.classifier_steps}.")
@@ -169,11 +161,12 @@ def main(argv: list[str] | None = None) -> dict:
     trained_in = time.perf_counter() - start
 
     asked = torch.tensor([styles.index(row["style"]) for row in rows], device=device)  # (n,)
+    steering = {
+        "sample": {},
+        "negative": dict(negative_captions=held.negatives, negative_scale=args.negative_scale),
+    }
     samples = {}  # name -> (n, 3, H, W) on the CPU
-    for name, extra in (
-        ("sample", {}),
-        ("negative", dict(negative_captions=held.negatives, negative_scale=args.negative_scale)),
-    ):
+    for name, extra in steering.items():
         images = sample_images(
             held.model,
             held.layout,
@@ -186,14 +179,12 @@ def main(argv: list[str] | None = None) -> dict:
         )
         samples[name] = torch.stack([pil_to_tensor(image) for image in images])
     truths_on = truths.to(device)
-    read = {  # column -> (n,) bool on the CPU: read as the asked style
+    read = {  # column -> (n,) bool: read as the asked style
         "heldout_pct": read_as(classifier, truths_on, asked),
         "reconstructed_pct": read_as(classifier, reconstruct(vqvae, truths_on), asked),
         "other_style_pct": read_as(classifier, others.to(device), asked),
-        "sample_pct": read_as(classifier, samples["sample"].to(device), asked),
-        "negative_pct": read_as(classifier, samples["negative"].to(device), asked),
+        **{f"{name}_pct": read_as(classifier, pixels.to(device), asked) for name, pixels in samples.items()},
     }
-    read = {column: flags.cpu() for column, flags in read.items()}
     nearer = {
         name: style_and_rank(pixels, truths, others)[0] for name, pixels in samples.items()
     }  # (n,) each
@@ -204,8 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
         table[group] = {
             "captions": int(mask.sum()),
             **{column: percent(flags[mask]) for column, flags in read.items()},
-            "sample_style_accuracy_pct": percent(nearer["sample"][mask]),
-            "negative_style_accuracy_pct": percent(nearer["negative"][mask]),
+            **{f"{name}_style_accuracy_pct": percent(right[mask]) for name, right in nearer.items()},
         }
     print(f"\nHeld-out captions of {args.data}, run {run}; styles {', '.join(styles)}")
     print(
@@ -225,9 +215,12 @@ def format_table(table: dict[str, dict]) -> str:
     width = max(len(heading) for heading in COLUMNS.values())
     lines = [f"{'group':<10} {'captions':>8}  " + "  ".join(f"{h:>{width}}" for h in COLUMNS.values())]
     for group, row in table.items():
-        cells = [f"{row[column]:5.1f}" for column in COLUMNS]
-        cells[3] += f" / {row['sample_style_accuracy_pct']:4.1f}"
-        cells[4] += f" / {row['negative_style_accuracy_pct']:4.1f}"
+        cells = []
+        for column in COLUMNS:
+            cells.append(f"{row[column]:5.1f}")
+            accuracy = column.replace("_pct", "_style_accuracy_pct")  # samples only: the evaluate command's
+            if accuracy in row:
+                cells[-1] += f" / {row[accuracy]:4.1f}"
         lines.append(f"{group:<10} {row['captions']:>8}  " + "  ".join(f"{c:>{width}}" for c in cells))
     return "\n".join(lines)
 
