@@ -32,7 +32,9 @@ def test_gpu_configs_are_real_scale():
     assert 100e6 < approx_params < 1e9
 
 
-@pytest.mark.parametrize("name", ["stage2_tiny", "stage2_gpu", "stage2_emoji32_gpu"])
+@pytest.mark.parametrize(
+    "name", ["stage2_tiny", "stage2_gpu", "stage2_emoji32_gpu", "stage2_emoji32_8x8_large"]
+)
 def test_stage2_configs_parse(name):
     parse_config(Stage2RunConfig, ["--config", str(CONFIGS / f"{name}.yaml")])
 
@@ -43,13 +45,19 @@ def test_reranker_configs_parse(name):
     assert cfg.data.resolution % cfg.model.patch_size == 0
 
 
-def test_emoji_gpu_prior_is_the_measured_one():
-    """configs/stage2_emoji32_gpu.yaml holds the prior its header measured (768 x 12, 4096 caption tokens,
-    batch 128, 1000 steps) on the 8x8 stage 1 its header trains."""
-    cfg = parse_config(Stage2RunConfig, ["--config", str(CONFIGS / "stage2_emoji32_gpu.yaml")])
+@pytest.mark.parametrize(
+    "name, size, schedule",
+    [  # (hidden, layers, heads, dropout), (caption tokens, batch, steps, learning rate)
+        ("stage2_emoji32_gpu", (768, 12, 12, 0.1), (4096, 128, 1000, 3e-4)),
+        ("stage2_emoji32_8x8_large", (384, 8, 6, 0.1), (4096, 64, 1500, 5e-4)),
+    ],
+)
+def test_emoji_priors_are_the_measured_ones(name, size, schedule):
+    """The larger emoji priors hold what their headers measured, on the 8x8 stage 1 the demo trains."""
+    cfg = parse_config(Stage2RunConfig, ["--config", str(CONFIGS / f"{name}.yaml")])
     m, t = cfg.model, cfg.train
-    assert (m.hidden_size, m.num_layers, m.num_heads, m.dropout) == (768, 12, 12, 0.1)
-    assert (cfg.tokenizer.vocab_size, t.batch_size, t.max_steps, t.learning_rate) == (4096, 128, 1000, 3e-4)
+    assert (m.hidden_size, m.num_layers, m.num_heads, m.dropout) == size
+    assert (cfg.tokenizer.vocab_size, t.batch_size, t.max_steps, t.learning_rate) == schedule
     assert cfg.vqvae == "outputs/stage1_emoji32_8x8/vqvae"
 
 

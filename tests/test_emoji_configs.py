@@ -166,10 +166,14 @@ def test_emoji32_configs_train_and_score_heldout_styles(tmp_path, emoji_folders)
     assert 0 <= read["sample_pct"] <= 100 and json.loads(out.read_text())["groups"]["all"] == read
 
 
-def test_emoji32_gpu_config_trains_through_the_entry_point(tmp_path, emoji_folders):
-    """configs/stage2_emoji32_gpu.yaml, the prior measured on one GPU: one CPU step on a random 8x8 stage 1,
-    at its width with 2 of its 12 layers (the full depth's final checkpoint alone would cost the suite ~10
-    s); tests/test_config.py checks the file's own sizes."""
+@pytest.mark.parametrize(
+    "name, width",
+    [("stage2_emoji32_gpu", (768, 12, 0.1)), ("stage2_emoji32_8x8_large", (384, 6, 0.1))],
+)
+def test_emoji32_larger_priors_train_through_the_entry_point(tmp_path, emoji_folders, name, width):
+    """The GPU prior and the largest CPU prior: one CPU step on a random 8x8 stage 1, at their width with 2
+    of their layers (the full depth's final checkpoint alone would cost the suite ~10 s); tests/test_config.py
+    checks the files' own sizes."""
     from stage1_vqvae.config import VQVAEConfig
 
     stage1 = tmp_path / "vqvae"
@@ -182,7 +186,7 @@ def test_emoji32_gpu_config_trains_through_the_entry_point(tmp_path, emoji_folde
     launch(
         "stage2_transformer/train.py",
         "--config",
-        "configs/stage2_emoji32_gpu.yaml",
+        f"configs/{name}.yaml",
         *flags(one_step),
         "--model.num_layers",
         "2",
@@ -192,7 +196,7 @@ def test_emoji32_gpu_config_trains_through_the_entry_point(tmp_path, emoji_folde
     )
     config = json.loads((out / "transformer" / "config.json").read_text())
     size = (config["hidden_size"], config["num_attention_heads"], config["attention_dropout"])
-    assert size == (768, 12, 0.1) and config["num_hidden_layers"] == 2
+    assert size == width and config["num_hidden_layers"] == 2
     (logged,) = [m for m in read_metrics(out) if "train/steps_per_s" in m]
     assert logged["step"] == 1 and logged["train/steps_per_s"] > 0
 
