@@ -37,18 +37,16 @@ about 3 min on 2 CPU cores.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-from benchmarks.heldout_run import add_heldout_arguments, load_heldout_run  # noqa: E402
+from benchmarks.heldout_run import add_heldout_arguments, load_heldout_run, write_report  # noqa: E402
 from minidalle.pixels import pil_to_tensor  # noqa: E402
 from pipeline.rerank import ClipReranker  # noqa: E402
 from stage2_transformer.evaluation import sample_images  # noqa: E402
@@ -82,9 +80,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.candidates < 1:
         p.error(f"--candidates must be at least 1, got {args.candidates}.")
 
-    run = Path(args.run)
-    device = Accelerator().device
-    held = load_heldout_run(run, args.data, args.max_captions, device, p.error)
+    held = load_heldout_run(args, p.error)
+    run, device = held.run, held.device
     model, layout, vqvae, tokenizer = held.model, held.layout, held.vqvae, held.tokenizer
     rows, truths, others, captions, negatives = (
         held.rows,
@@ -198,10 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
         for i in range(n)
     ]  # mse: pixel MSE to the true image, which tells two samples apart where the scores cannot
     report = {**vars(args), "seconds": seconds, "groups": table, "captions": per_caption}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_report(args.out, report)
     return report
 
 

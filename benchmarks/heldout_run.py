@@ -1,14 +1,16 @@
 """A stage-2 run and the held-out emoji captions it is scored on, loaded once for the emoji benchmarks
-(``heldout_candidates.py``, ``heldout_style_classifier.py``)."""
+(``heldout_candidates.py``, ``heldout_style_classifier.py``), and where those benchmarks' JSON reports go."""
 
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
@@ -23,6 +25,8 @@ from stage2_transformer.tokenizer import load_caption_tokenizer
 
 @dataclass
 class HeldoutRun:
+    run: Path  # the stage-2 output folder
+    device: torch.device  # where the models are
     vqvae: VQVAE
     model: PreTrainedModel
     layout: SequenceLayout
@@ -52,10 +56,11 @@ def add_heldout_arguments(parser: argparse.ArgumentParser, benchmark: str) -> No
     parser.add_argument("--out", default=f"benchmarks/results/{benchmark}.json")
 
 
-def load_heldout_run(
-    run: Path, data: str, max_captions: int | None, device: torch.device, error: Callable[[str], None]
-) -> HeldoutRun:
-    """``error`` (an argparse parser's) reports data that are not the emoji folders, with no traceback."""
+def load_heldout_run(args: argparse.Namespace, error: Callable[[str], None]) -> HeldoutRun:
+    """The run and captions that ``args`` (of ``add_heldout_arguments``) name, on Accelerate's device.
+    ``error`` (an argparse parser's) reports data that are not the emoji folders, with no traceback."""
+    run, data, max_captions = Path(args.run), args.data, args.max_captions
+    device = Accelerator().device
     vqvae = VQVAE.from_pretrained(stage1_model_of_run(run, None), device=device)
     model, layout = load_transformer(run / "transformer")
     model.to(device)
@@ -73,5 +78,25 @@ def load_heldout_run(
         for c, row, other in zip(captions, rows, other_rows)
     ]
     return HeldoutRun(
-        vqvae, model, layout, tokenizer, train_hf, rows, other_rows, truths, others, captions, negatives
+        run,
+        device,
+        vqvae,
+        model,
+        layout,
+        tokenizer,
+        train_hf,
+        rows,
+        other_rows,
+        truths,
+        others,
+        captions,
+        negatives,
     )
+
+
+def write_report(path: str | Path, report: dict) -> None:
+    """An emoji benchmark's JSON report at ``path`` (its folder made when missing)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {path}")

@@ -31,20 +31,18 @@ of it the classifier's training.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-from benchmarks.heldout_run import add_heldout_arguments, load_heldout_run  # noqa: E402
+from benchmarks.heldout_run import add_heldout_arguments, load_heldout_run, write_report  # noqa: E402
 from minidalle.pixels import pil_to_tensor, preprocess  # noqa: E402
 from stage1_vqvae.model import VQVAE  # noqa: E402
 from stage2_transformer.evaluation import sample_images  # noqa: E402
@@ -138,9 +136,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.classifier_steps < 1:
         p.error(f"--classifier_steps must be at least 1, got {args.classifier_steps}.")
 
-    run = Path(args.run)
-    device = Accelerator().device
-    held = load_heldout_run(run, args.data, args.max_captions, device, p.error)
+    held = load_heldout_run(args, p.error)
+    run, device = held.run, held.device
     vqvae, rows, truths, others = held.vqvae, held.rows, held.truths, held.others
     resolution = vqvae.config.resolution
     start = time.perf_counter()
@@ -204,10 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(format_table(table))
     print(f"classifier: {args.classifier_steps} steps in {trained_in:.0f} s; everything {seconds:.0f} s")
     report = {**vars(args), "styles": styles, "seconds": seconds, "groups": table}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_report(args.out, report)
     return report
 
 

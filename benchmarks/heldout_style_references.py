@@ -31,7 +31,6 @@ translators are trained to the mean picture, so they blur. Prints a table and wr
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -44,6 +43,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
+from benchmarks.heldout_run import write_report  # noqa: E402
 from minidalle import data as data_lib  # noqa: E402
 from minidalle.pixels import preprocess  # noqa: E402
 from stage2_transformer.heldout_style import (  # noqa: E402
@@ -235,10 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(format_group_table(table, list(drawings)))
     print(f"fitting and drawing: {seconds:.0f} s")
     report = {**vars(args), "styles": styles, "seconds": seconds, "groups": table}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_report(args.out, report)
     return report
 
 
