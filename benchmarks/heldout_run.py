@@ -53,21 +53,36 @@ def add_heldout_arguments(parser: argparse.ArgumentParser, benchmark: str) -> No
         "--max_captions", type=int, default=None, help="score only the first N held-out captions"
     )
     parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument(
+        "--vqvae",
+        default=None,
+        help="the run's stage-1 model folder, when its stage1.json no longer finds it",
+    )
     parser.add_argument("--out", default=f"benchmarks/results/{benchmark}.json")
 
 
 def load_heldout_run(args: argparse.Namespace, error: Callable[[str], None]) -> HeldoutRun:
     """The run and captions that ``args`` (of ``add_heldout_arguments``) name, on Accelerate's device.
-    ``error`` (an argparse parser's) reports data that are not the emoji folders, with no traceback."""
+    ``error`` (an argparse parser's) reports a folder that is not a stage-2 run, a stage-1 model it cannot
+    find, and data that are not the emoji folders, each in one line with no traceback."""
     run, data, max_captions = Path(args.run), args.data, args.max_captions
+    if not (run / "transformer").is_dir():
+        error(f"--run {run} is not a stage-2 output folder (it has no transformer/): point it at one.")
+    try:
+        stage1 = stage1_model_of_run(run, args.vqvae)
+    except FileNotFoundError as err:
+        error(str(err))
     device = Accelerator().device
-    vqvae = VQVAE.from_pretrained(stage1_model_of_run(run, None), device=device)
+    vqvae = VQVAE.from_pretrained(stage1, device=device)
     model, layout = load_transformer(run / "transformer")
     model.to(device)
     tokenizer = load_caption_tokenizer(run / "tokenizer")
     resolution = vqvae.config.resolution
     data_cfg = data_lib.DataConfig(source="imagefolder", path=data, resolution=resolution)
-    train_hf, eval_hf = data_lib.load_train_eval(data_cfg)
+    try:
+        train_hf, eval_hf = data_lib.load_train_eval(data_cfg)
+    except data_lib.DataError as err:
+        error(str(err))
     try:
         rows, other_rows, truths, others = heldout_pairs(eval_hf, train_hf, resolution, max_captions)
     except ValueError as err:

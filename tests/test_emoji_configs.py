@@ -71,7 +71,7 @@ def test_emoji32_reconstruction_recipe_trains_both_stages(tmp_path, emoji_folder
     assert VQVAE.from_pretrained(tmp_path / "stage1" / "vqvae").config.grid_size == 16
 
 
-def test_emoji32_configs_train_and_score_heldout_styles(tmp_path, emoji_folders):
+def test_emoji32_configs_train_and_score_heldout_styles(tmp_path, emoji_folders, capsys):
     """The recipe of scripts/demo_emoji.sh (configs/stage{1,2}_emoji32_8x8.yaml, reranker_emoji32.yaml): both
     stages, then the evaluate command's --heldout_style: every score present and in range, a grid."""
     from stage2_transformer.evaluate import main as evaluate
@@ -164,6 +164,23 @@ def test_emoji32_configs_train_and_score_heldout_styles(tmp_path, emoji_folders)
     assert read["sample_style_accuracy_pct"] == report["style_accuracy_pct"]
     assert read["negative_style_accuracy_pct"] == report["negative_style_accuracy_pct"]
     assert 0 <= read["sample_pct"] <= 100 and json.loads(out.read_text())["groups"]["all"] == read
+
+    # A user's mistakes in the benchmarks' --run / --data are one line each, no traceback; a run whose
+    # stage1.json is gone is scored with --vqvae, the stage-1 model it trained on.
+    moved = tmp_path / "moved_run"
+    shutil.copytree(stage2, moved, ignore=shutil.ignore_patterns("stage1.json", "checkpoints"))
+    mistakes = {
+        f"--run {tmp_path} --data {emoji_folders[32]}": "is not a stage-2 output folder",
+        f"--run {stage2} --data {tmp_path / 'no_such_folder'}": "is not a folder",
+        f"--run {moved} --data {emoji_folders[32]}": "stage1.json is missing: pass --vqvae",
+    }
+    for settings, message in mistakes.items():
+        with pytest.raises(SystemExit) as exit_info:
+            candidates(flags(f"{settings} --candidates 1 --out {out}"))
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    settings = f"--run {moved} --data {emoji_folders[32]} --vqvae {tmp_path / 'stage1' / 'vqvae'}"
+    again = candidates(flags(f"{settings} --candidates 1 --out {out}"))
+    assert again["groups"]["all"]["first"] == every["first"]
 
 
 @pytest.mark.parametrize(
