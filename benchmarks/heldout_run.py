@@ -1,5 +1,6 @@
 """A stage-2 run and the held-out emoji captions it is scored on, loaded once for the emoji benchmarks
-(``heldout_candidates.py``, ``heldout_style_classifier.py``), and where those benchmarks' JSON reports go."""
+(``heldout_candidates.py``, ``heldout_style_classifier.py``), and the JSON report writer those two and
+``heldout_style_references.py`` share."""
 
 from __future__ import annotations
 
