@@ -5,7 +5,8 @@ checkpoint scored on the held-out (emoji, style) pairs while training goes on.
         transformers==5.24.0                                          # here: what the GPU image lacks
     OUT=results python3 benchmarks/emoji_prior_checkpoints.py --vqvae STAGE1_RUN/vqvae --data data/emoji32 \\
         [--config configs/stage2_emoji32_gpu.yaml] [--every 250] [--budget 500] \\
-        [--run seed0 "--train.seed 0" --run short "--train.max_steps 1000" ...]        # there
+        [--run seed0 "--train.seed 0" --run short "--train.max_steps 1000" ...] \\
+        [--rerank_clip RERANKER_RUN/clip]                                               # there
 
 Why: on the emoji data held-out bits stop being a guide early (the larger priors' held-out bits rise
 from step ~500 while their held-out drawings still get closer to the truth), so where retrieval peaks
@@ -13,7 +14,9 @@ has to be measured by sampling. Each ``--run`` is a real ``stage2_transformer/tr
 ``--config`` with its overrides, checkpointing every ``--every`` steps; every checkpoint (each holds a
 loadable model) is copied as it appears and scored by ``python -m stage2_transformer.evaluate
 --heldout_style true`` in its own process, up to ``--parallel`` at once, all sharing the GPU. Runs and
-scoring are killed at ``--budget`` seconds; what was scored by then is reported.
+scoring are killed at ``--budget`` seconds; what was scored by then is reported. With ``--rerank_clip``
+each checkpoint is also scored as the re-ranker's pick of 16 samples per caption (``pick_*``, what
+``scripts/demo_emoji.sh`` reports), and the best checkpoint is the one whose pick scores highest.
 
 Into $OUT (default outputs/emoji_prior_checkpoints): ``summary.json``, rewritten as each score
 arrives (per run, per step: held-out style, top-1, top-5, the training pairs' top-5, bits with and
@@ -59,6 +62,9 @@ SCORES = {  # short name in the summary: key of the evaluate command's JSON
     "bits": "bits_per_image",
     "bits_empty": "bits_per_image_empty_caption",
     "diversity": "diversity_mse",
+    "pick_style": "reranked_style_accuracy_pct",  # with --rerank_clip
+    "pick_top1": "reranked_retrieval_top1_pct",
+    "pick_top5": "reranked_retrieval_top5_pct",
 }
 
 
@@ -99,6 +105,8 @@ class CheckpointScores:
         command = [PYTHON, "-m", "stage2_transformer.evaluate", "--config", a.config, "--run", str(folder)]
         command += ["--vqvae", a.vqvae, "--data.path", a.data, "--codes.cache_dir", str(folder / "codes")]
         command += ["--heldout_style", "true", "--num_samples", str(a.num_samples)]
+        if a.rerank_clip is not None:
+            command += ["--rerank_clip", str(a.rerank_clip)]
         return command + ["--output_json", str(folder / "eval.json")]
 
     # ------------------------------------------------------------------ the loop
@@ -172,15 +180,20 @@ class CheckpointScores:
             folder = self.scored_folder(name, step)
             scores = read_json(folder / "eval.json")
             result = {short: scores[key] for short, key in SCORES.items() if key in scores}
-            result["status"] = "ok" if process.returncode == 0 and "top5" in result else "failed"
+            key = self.best_key()
+            result["status"] = "ok" if process.returncode == 0 and key in result else "failed"
             if result["status"] != "ok":
                 result["log_tail"] = tail(self.score_log(name, step))
-            elif self.best is None or result["top5"] > self.best[0]:
-                self.best = (result["top5"], name, step)
+            elif self.best is None or result[key] > self.best[0]:
+                self.best = (result[key], name, step)
                 shutil.copy(folder / "heldout_samples.png", self.out / "heldout_samples_best.png")
-                self.summary["best"] = {"run": name, "step": step, "top5": result["top5"]}
+                self.summary["best"] = {"run": name, "step": step, key: result[key]}
             self.record_score((name, step), result)
             shutil.rmtree(folder / "transformer", ignore_errors=True)  # 0.4 GB each at 92M parameters
+
+    def best_key(self) -> str:
+        """The score that ranks checkpoints: the re-ranker's pick's top-5 when there is a re-ranker."""
+        return "top5" if self.args.rerank_clip is None else "pick_top5"
 
     def record_score(self, key: tuple[str, int], result: dict) -> None:
         name, step = key
@@ -225,6 +238,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget", type=float, default=500, help="seconds for everything")
     p.add_argument("--parallel", type=int, default=6, help="checkpoints scored at once")
     p.add_argument("--num_samples", type=int, default=381, help="held-out captions scored")
+    p.add_argument(
+        "--rerank_clip",
+        type=Path,
+        help="a CLIP re-ranker folder (reranker/train.py, <run>/clip): also score its pick of 16 samples",
+    )
     p.add_argument("--allow-cpu", action="store_true", help="run without CUDA too (a dry run)")
     p.add_argument("--work", type=Path, default=ROOT / "outputs" / "emoji_prior_checkpoints_work")
     p.add_argument("--wheels", type=Path, default=ROOT / ".whl", help="wheels to install first")
@@ -238,6 +256,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--vqvae {args.vqvae} is not a folder: pass the stage-1 model folder (<run>/vqvae)")
     if not (Path(args.data) / "train").is_dir():
         p.error(f"--data {args.data} holds no train/ split: build it with bash scripts/get_emoji.sh")
+    if args.rerank_clip is not None and not (args.rerank_clip / "config.json").is_file():
+        p.error(f"--rerank_clip {args.rerank_clip} holds no re-ranker: pass <reranker run>/clip")
     if not Path(args.config).is_file():
         p.error(
             f"--config {args.config} is not a file: pass a stage-2 config, e.g. configs/stage2_emoji32.yaml"
@@ -260,6 +280,9 @@ def main(argv: list[str] | None = None) -> dict:
     summary = bench.run()
     print(format_table(summary))
     print(format_table(summary, "style"))
+    if args.rerank_clip is not None:
+        print(format_table(summary, "pick_top5"))
+        print(format_table(summary, "pick_style"))
     print(json.dumps(summary))  # the figures in the log too, should the files not come back
     return summary
 

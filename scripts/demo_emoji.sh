@@ -10,7 +10,8 @@
 #   bash scripts/demo_emoji.sh
 #   STAGE1_STEPS=4 STAGE2_STEPS=4 RERANKER_STEPS=4 SAMPLES=16 bash scripts/demo_emoji.sh   # a quick check
 #   PRIOR=stage2_emoji32_8x8_large bash scripts/demo_emoji.sh   # the 17.6M prior: about 85 min, top-5 38.8% picked
-#   PRIOR=stage2_emoji32_gpu bash scripts/demo_emoji.sh   # on a GPU: the 92M-parameter prior instead
+#   PRIOR=stage2_emoji32_gpu bash scripts/demo_emoji.sh   # on a GPU: the 92M-parameter prior, top-5 40.1% picked
+#                                                         # (six seeds, one H200, with this demo's stage 1 and re-ranker)
 # SKIP_SETUP=1 uses $PYTHON (default python) and the accelerate on PATH instead of setting up .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -44,7 +44,10 @@ else:
     name, step = folder.name.rsplit("-", 1)
     assert (folder / "transformer" / "weights").read_text() == f"{name} {int(step)}"  # the right copy
     top5 = int(step) / 2 + (1 if name == "a" else 0)
-    (folder / "eval.json").write_text(json.dumps({"retrieval_top5_pct": top5, "style_accuracy_pct": 55.0}))
+    scores = {"retrieval_top5_pct": top5, "style_accuracy_pct": 55.0}
+    if "--rerank_clip" in sys.argv:  # the re-ranker's pick: best at the first checkpoint here
+        scores["reranked_retrieval_top5_pct"] = 40 - int(step) / 2
+    (folder / "eval.json").write_text(json.dumps(scores))
     (folder / "heldout_samples.png").write_text(folder.name)
 """
 
@@ -123,6 +126,53 @@ def test_out_of_budget_scoring_is_reported_not_lost(tmp_path, monkeypatch):
     assert steps["20"]["status"] == steps["30"]["status"] == "not scored: out of budget"
 
 
+def test_with_a_reranker_its_pick_is_scored_and_ranks_the_checkpoints(tmp_path, monkeypatch, capsys):
+    fake = tmp_path / "fake.py"
+    fake.write_text(FAKE)
+    clip = tmp_path / "clip"
+    clip.mkdir()
+    (clip / "config.json").write_text("{}")
+    (tmp_path / "data" / "train").mkdir(parents=True)
+    (tmp_path / "vqvae").mkdir()
+    (tmp_path / "c.yaml").write_text("{}\n")
+    args = ["--vqvae", str(tmp_path / "vqvae"), "--data", str(tmp_path / "data")]
+    args += ["--config", str(tmp_path / "c.yaml"), "--every", "10", "--budget", "20", "--allow-cpu"]
+    args += ["--work", str(tmp_path / "work"), "--wheels", str(tmp_path / "no_wheels"), "--run", "a", ""]
+
+    # the real evaluate command gets the re-ranker, and only when one is given
+    aside = [*args, "--work", str(tmp_path / "aside")]  # the benchmark below empties its own --work
+    real = bench.CheckpointScores(bench.parse_args([*aside, "--rerank_clip", str(clip)]), tmp_path / "o", {})
+    command = real.score_command(tmp_path / "a-000010")
+    assert command[command.index("--rerank_clip") + 1] == str(clip)
+    assert "--heldout_style" in command
+    plain = bench.CheckpointScores(bench.parse_args(aside), tmp_path / "o", {})
+    assert "--rerank_clip" not in plain.score_command(tmp_path / "a-000010")
+
+    def train_command(self, name, overrides):
+        return [sys.executable, str(fake), "train", str(self.work / name), "30", "10"]
+
+    def score_command(self, folder):  # the fake scorer, told whether the real command would re-rank
+        return [sys.executable, str(fake), "score", str(folder), *bench_flags(self)]
+
+    def bench_flags(self):
+        return ["--rerank_clip"] if self.args.rerank_clip is not None else []
+
+    monkeypatch.setattr(bench.CheckpointScores, "train_command", train_command)
+    monkeypatch.setattr(bench.CheckpointScores, "score_command", score_command)
+    monkeypatch.setenv("OUT", str(tmp_path / "out"))
+    summary = bench.main([*args, "--rerank_clip", str(clip)])
+    steps = summary["runs"]["a"]["steps"]
+    assert {s: (r["top5"], r["pick_top5"]) for s, r in steps.items()} == {
+        "10": (6.0, 35.0),
+        "20": (11.0, 30.0),
+        "30": (16.0, 25.0),
+    }
+    # one sample is best at step 30, the pick at step 10: the pick decides, as the demo keeps the pick
+    assert summary["best"] == {"run": "a", "step": 10, "pick_top5": 35.0}
+    assert (tmp_path / "out" / "heldout_samples_best.png").read_text() == "a-000010"
+    assert "held-out pick_top5 by step" in capsys.readouterr().out
+
+
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     (tmp_path / "data" / "train").mkdir(parents=True)
     base = ["--vqvae", str(tmp_path), "--data", str(tmp_path / "data")]
@@ -133,5 +183,8 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
         bench.parse_args([*base, "--config", str(tmp_path), "--run", "a", "", "--run", "a", "--train.seed 1"])
     assert "--run names must differ" in capsys.readouterr().err
     (tmp_path / "c.yaml").write_text("{}\n")
+    with pytest.raises(SystemExit):
+        bench.parse_args([*base, "--config", str(tmp_path / "c.yaml"), "--rerank_clip", str(tmp_path)])
+    assert "holds no re-ranker: pass <reranker run>/clip" in capsys.readouterr().err
     args = bench.parse_args([*base, "--config", str(tmp_path / "c.yaml")])
     assert [name for name, _ in args.run] == ["seed0", "seed1", "seed2"]
