@@ -152,10 +152,8 @@ def test_with_a_reranker_its_pick_is_scored_and_ranks_the_checkpoints(tmp_path, 
         return [sys.executable, str(fake), "train", str(self.work / name), "30", "10"]
 
     def score_command(self, folder):  # the fake scorer, told whether the real command would re-rank
-        return [sys.executable, str(fake), "score", str(folder), *bench_flags(self)]
-
-    def bench_flags(self):
-        return ["--rerank_clip"] if self.args.rerank_clip is not None else []
+        rerank = ["--rerank_clip"] if self.args.rerank_clip is not None else []
+        return [sys.executable, str(fake), "score", str(folder), *rerank]
 
     monkeypatch.setattr(bench.CheckpointScores, "train_command", train_command)
     monkeypatch.setattr(bench.CheckpointScores, "score_command", score_command)
