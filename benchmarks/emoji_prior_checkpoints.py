@@ -50,6 +50,8 @@ from benchmarks.step_runner import (  # noqa: E402
     write_json,
 )
 from minidalle.checkpoints import list_checkpoints  # noqa: E402
+from minidalle.errors import ModelFolderError  # noqa: E402
+from reranker.folder import check_clip_folder  # noqa: E402
 
 PYTHON = sys.executable
 WORK_MARKER = ".emoji_prior_checkpoints_work"
@@ -256,8 +258,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--vqvae {args.vqvae} is not a folder: pass the stage-1 model folder (<run>/vqvae)")
     if not (Path(args.data) / "train").is_dir():
         p.error(f"--data {args.data} holds no train/ split: build it with bash scripts/get_emoji.sh")
-    if args.rerank_clip is not None and not (args.rerank_clip / "config.json").is_file():
-        p.error(f"--rerank_clip {args.rerank_clip} holds no re-ranker: pass <reranker run>/clip")
+    if args.rerank_clip is not None:
+        try:
+            check_clip_folder(args.rerank_clip, "--rerank_clip")
+        except ModelFolderError as e:
+            p.error(str(e))
     if not Path(args.config).is_file():
         p.error(
             f"--config {args.config} is not a file: pass a stage-2 config, e.g. configs/stage2_emoji32.yaml"

@@ -28,6 +28,7 @@ from minidalle.arguments import check_writable_file
 from minidalle.errors import ArgumentError, OneLineParser, run_main
 from minidalle.images import captioned_grid
 from minidalle.pixels import read_image_file
+from reranker.folder import check_clip_folder
 from stage2_transformer.sampling import DEFAULT_NEGATIVE_SCALE
 
 from .pipeline import MiniDallePipeline
@@ -101,6 +102,8 @@ def _generate(args: argparse.Namespace) -> int:
 
     prompts = read_prompts(args)
     out = check_writable_file("--out", args.out if Path(args.out).suffix else f"{args.out}.png")
+    if args.rerank_clip:
+        check_clip_folder(args.rerank_clip, "--rerank-clip")  # before the pipeline loads
     hf_logging.disable_progress_bar()  # the "Loading weights" bar is noise here
     pipe = MiniDallePipeline.from_pretrained(
         args.model, device=args.device, dtype=args.dtype, allow_unverified=args.allow_unverified

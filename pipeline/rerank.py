@@ -18,16 +18,12 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
 from minidalle.errors import ArgumentError
+from reranker.folder import check_clip_folder
 
 
 class ClipReranker:
     def __init__(self, path: str | Path, device: str | torch.device | None = None, batch_size: int = 64):
-        folder = Path(path)
-        if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
-            raise FileNotFoundError(
-                f"CLIP folder {str(folder)!r} must hold config.json and *.safetensors weights (a CLIPModel "
-                "saved with save_pretrained, plus its tokenizer and image processor)."
-            )
+        folder = check_clip_folder(path)
         if batch_size < 1:
             raise ArgumentError(f"batch_size must be >= 1, got {batch_size}.")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

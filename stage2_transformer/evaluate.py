@@ -36,6 +36,7 @@ from minidalle.make_shapes import shape_set_of_data
 from minidalle.report import report_metrics
 from pipeline.rerank import ClipReranker
 from pipeline.settings import MAX_IMAGES_PER_PROMPT
+from reranker.folder import check_clip_folder
 from stage1_vqvae.model import VQVAE
 from stage2_transformer.evaluation import evaluate_prior, sample_images
 from stage2_transformer.heldout_style import check_heldout_columns, heldout_grid, score_heldout_styles
@@ -82,6 +83,8 @@ class Stage2EvalConfig:
         check_int("rerank_candidates", self.rerank_candidates, 2, MAX_IMAGES_PER_PROMPT)
         if self.rerank_clip is not None and not self.heldout_style:
             raise ValueError("rerank_clip scores the held-out emoji captions: set --heldout_style true too.")
+        if self.rerank_clip is not None:
+            check_clip_folder(self.rerank_clip, "rerank_clip")  # now, not after the data and models load
         if self.heldout_negative_style and self.sampling.guidance_scale == 1.0:
             raise ValueError(
                 "heldout_negative_style needs guidance (a negative prompt acts through it): set "

@@ -132,6 +132,7 @@ def test_with_a_reranker_its_pick_is_scored_and_ranks_the_checkpoints(tmp_path, 
     clip = tmp_path / "clip"
     clip.mkdir()
     (clip / "config.json").write_text("{}")
+    (clip / "model.safetensors").write_bytes(b"")  # only looked for here: the fake scorer loads nothing
     (tmp_path / "data" / "train").mkdir(parents=True)
     (tmp_path / "vqvae").mkdir()
     (tmp_path / "c.yaml").write_text("{}\n")
@@ -181,8 +182,11 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
         bench.parse_args([*base, "--config", str(tmp_path), "--run", "a", "", "--run", "a", "--train.seed 1"])
     assert "--run names must differ" in capsys.readouterr().err
     (tmp_path / "c.yaml").write_text("{}\n")
+    (tmp_path / "config.json").write_text("{}")  # a config without weights is no re-ranker either
     with pytest.raises(SystemExit):
         bench.parse_args([*base, "--config", str(tmp_path / "c.yaml"), "--rerank_clip", str(tmp_path)])
-    assert "holds no re-ranker: pass <reranker run>/clip" in capsys.readouterr().err
+    assert "must hold config.json and *.safetensors weights: pass a re-ranker's <run>/clip" in (
+        capsys.readouterr().err
+    )
     args = bench.parse_args([*base, "--config", str(tmp_path / "c.yaml")])
     assert [name for name, _ in args.run] == ["seed0", "seed1", "seed2"]

@@ -105,6 +105,15 @@ def test_negative_style_without_guidance_is_refused():
         Stage2EvalConfig(heldout_negative_style=True, negative_scale=0.0)
 
 
+def test_a_folder_without_a_reranker_is_refused_when_the_config_is_read(tmp_path):
+    from minidalle.errors import ModelFolderError
+    from stage2_transformer.evaluate import Stage2EvalConfig
+
+    (tmp_path / "config.json").write_text("{}")  # a config and no weights: refused before any model loads
+    with pytest.raises(ModelFolderError, match=r"rerank_clip '.*' must hold config.json and \*.safetensors"):
+        Stage2EvalConfig(heldout_style=True, rerank_clip=str(tmp_path))
+
+
 def test_reference_translators_recover_a_known_mapping():
     from benchmarks.heldout_style_references import analogy, fit_linear_translator
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from minidalle.errors import ModelFolderError
 from minidalle.hub import model_fingerprint
 from minidalle.pixels import tensor_to_pil
 from pipeline import IncompatiblePartsError, MiniDallePipeline, PromptTruncatedWarning
@@ -447,7 +448,7 @@ def test_rerank_keeps_the_best_candidates_by_clip(pipe, tmp_path):
     assert len(set(scores.reshape(-1).tolist())) > 1  # the tiny CLIP does tell images apart
     with pytest.raises(ValueError, match=r"num_candidates must be an integer in \[2, 256\]"):
         pipe(prompts, num_images_per_prompt=2, rerank_with=reranker, num_candidates=1)
-    with pytest.raises(FileNotFoundError, match="CLIP folder"):
+    with pytest.raises(ModelFolderError, match="CLIP folder .* must hold config.json and \\*.safetensors"):
         ClipReranker(tmp_path / "nowhere")
 
 
@@ -547,6 +548,12 @@ def test_generate_command_errors_and_prompts_file(model_dir, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert generate_main(["--model", str(model_dir)]) == 2
     assert "--prompts-file" in capsys.readouterr().err
+    # a wrong re-ranker folder is named before the pipeline loads (here it would fail too)
+    assert (
+        generate_main(["--model", str(tmp_path / "missing"), "--prompt", "x", "--rerank-clip", str(tmp_path)])
+        == 2
+    )
+    assert "--rerank-clip '" in (err := capsys.readouterr().err) and "must hold config.json" in err
     prompts = tmp_path / "prompts.txt"
     prompts.write_text(f"{PROMPTS[0]}\n\n{PROMPTS[2]}\n")
     out = tmp_path / "sub" / "g.png"
