@@ -47,8 +47,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 from benchmarks.heldout_run import add_heldout_arguments, load_heldout_run, write_report  # noqa: E402
+from minidalle.errors import ModelFolderError  # noqa: E402
 from minidalle.pixels import pil_to_tensor  # noqa: E402
 from pipeline.rerank import ClipReranker  # noqa: E402
+from reranker.folder import check_clip_folder  # noqa: E402
 from stage2_transformer.evaluation import sample_images  # noqa: E402
 from stage2_transformer.heldout_style import (  # noqa: E402
     format_group_table,
@@ -79,6 +81,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.candidates < 1:
         p.error(f"--candidates must be at least 1, got {args.candidates}.")
+    if args.clip is not None:
+        try:
+            check_clip_folder(args.clip, "--clip")  # now, not after the run and the data load
+        except ModelFolderError as e:
+            p.error(str(e))
 
     held = load_heldout_run(args, p.error)
     run, device = held.run, held.device

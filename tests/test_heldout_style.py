@@ -114,6 +114,15 @@ def test_a_folder_without_a_reranker_is_refused_when_the_config_is_read(tmp_path
         Stage2EvalConfig(heldout_style=True, rerank_clip=str(tmp_path))
 
 
+def test_the_candidates_benchmark_refuses_a_folder_without_a_reranker_first(tmp_path, capsys):
+    from benchmarks.heldout_candidates import main as candidates
+
+    # tmp_path is no stage-2 run either: the re-ranker is named first, before anything loads
+    with pytest.raises(SystemExit):
+        candidates(["--run", str(tmp_path), "--data", str(tmp_path), "--clip", str(tmp_path)])
+    assert f"--clip {str(tmp_path)!r} must hold config.json and *.safetensors" in capsys.readouterr().err
+
+
 def test_reference_translators_recover_a_known_mapping():
     from benchmarks.heldout_style_references import analogy, fit_linear_translator
 
