@@ -6,7 +6,8 @@
 # The recipe that draws best on a CPU (configs/stage1_emoji32_8x8.yaml, stage2_emoji32_8x8.yaml,
 # reranker_emoji32.yaml); the 16x16 reconstruction recipe is configs/stage1_emoji32.yaml + stage2_emoji32.yaml.
 # 33 min from a fresh clone on a 2-core CPU with bf16 (set-up and data 1, stage 1 10, prior 11, re-ranker 8.5,
-# scoring 3): held-out top-5 25.5% for one sample, 31.5% for the re-ranker's pick.
+# scoring 3): held-out top-5 25.5% for one sample, 31.5% for the re-ranker's pick. 58 min on a 2-core CPU
+# without native bf16, in fp32 (stage 1 23, prior 21.5): top-5 26.2% and 29.7% (docs/emoji.md).
 #   bash scripts/demo_emoji.sh
 #   STAGE1_STEPS=4 STAGE2_STEPS=4 RERANKER_STEPS=4 SAMPLES=16 bash scripts/demo_emoji.sh   # a quick check
 #   PRIOR=stage2_emoji32_8x8_large bash scripts/demo_emoji.sh   # the 17.6M prior: about 85 min, top-5 38.8% picked
