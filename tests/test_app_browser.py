@@ -79,11 +79,12 @@ def test_type_a_prompt_click_generate_and_see_the_images(tmp_path):
                 timeout=30_000,
             )
             view = page.locator("#edit-box img").first.bounding_box()
-            for fx, fy in ((0.77, 0.89), (0.27, 0.52)):
+            # each click's update lands before the next click: x0 is 24 after the first (a one-pixel box),
+            # 8 after the second; a fixed pause alone let the box be read, or clicked, between the two
+            for fx, fy, x0 in ((0.77, 0.89, "24"), (0.27, 0.52, "8")):
                 page.mouse.click(view["x"] + fx * view["width"], view["y"] + fy * view["height"])
+                expect(page.locator("#edit-x0 input")).to_have_value(x0, timeout=30_000)
                 page.wait_for_timeout(300)
-            # wait on a value only the second click gives: after the first alone y1 is already 29
-            expect(page.locator("#edit-x0 input")).to_have_value("8", timeout=30_000)
             expect(page.locator("#edit-y1 input")).to_have_value("29", timeout=30_000)
             box = [page.locator(f"#edit-{n} input").input_value() for n in ("x0", "y0", "x1", "y1")]
             assert box == ["8", "16", "25", "29"]
