@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import sys
 from pathlib import Path
 
 import torch
@@ -32,6 +31,7 @@ from minidalle.config import ConfigError, parse_config
 from minidalle.distributed import unwrap
 from minidalle.errors import run_main
 from minidalle.metrics_log import device_memory_metrics, format_metrics
+from minidalle.process_exit import exit_process
 from minidalle.trainer import TrainingRun
 from reranker.batches import ContrastiveBatches, groups_of
 from reranker.evaluation import embed, retrieval_scores
@@ -242,4 +242,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    exit_process(run_main(main))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-import sys
 from collections import deque
 from functools import partial
 from pathlib import Path
@@ -28,6 +27,7 @@ from minidalle.config import ConfigError, parse_config
 from minidalle.distributed import gather_rows, unwrap
 from minidalle.errors import run_main
 from minidalle.metrics_log import device_memory_metrics, format_metrics
+from minidalle.process_exit import exit_process
 from minidalle.trackers import log_image
 from minidalle.trainer import TrainingRun, step_generator
 from stage1_vqvae.evaluation import evaluate_reconstruction, reconstructions_grid
@@ -265,4 +265,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    exit_process(run_main(main))

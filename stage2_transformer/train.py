@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from minidalle.hub import fingerprint_matches, model_fingerprint
 from minidalle.image_folder import require_captions
 from minidalle.images import captioned_grid
 from minidalle.metrics_log import device_memory_metrics, format_metrics
+from minidalle.process_exit import exit_process
 from minidalle.trackers import log_image
 from minidalle.trainer import TrainingRun, step_generator
 from stage1_vqvae.model import VQVAE
@@ -321,4 +321,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    exit_process(run_main(main))
