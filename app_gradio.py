@@ -27,6 +27,7 @@ import gradio as gr  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
+from app_pictures import PictureFiles  # noqa: E402
 from app_request_limit import RequestBodyLimit  # noqa: E402
 from app_tabs import GALLERY_LABEL, edit_tab, image_gallery, stream_to_gallery, variations_tab  # noqa: E402
 from minidalle.arguments import check_int  # noqa: E402
@@ -80,9 +81,11 @@ def build_app(
     cfg, layout = pipe.config, pipe.layout
     examples = EXAMPLES if examples is None else examples
 
+    picture_file = PictureFiles()
+
     def show(images):
         # Tiny images are blown up by whole pixels (nearest): crisp in the page, still lossless PNGs.
-        return [upscale(im, display_size) for im in images]
+        return [picture_file(upscale(im, display_size)) for im in images]
 
     def seed_of(prompt, seed, randomize, num_images=1, allow_empty=False):
         kwargs = _check_request(
@@ -192,7 +195,7 @@ def build_app(
                     generate, inputs, outputs, api_visibility="undocumented", show_progress_on=[status]
                 )
             with gr.Tab("Edit", id="edit-tab"):
-                edit_tab(pipe, generated, seed_of, show, max_prompt_chars)
+                edit_tab(pipe, generated, seed_of, show, max_prompt_chars, picture_file)
             with gr.Tab("Variations", id="variations-tab"):
                 variations_tab(pipe, generated, seed_of, show, max_prompt_chars)
     return demo

@@ -151,7 +151,14 @@ def _box_outline(image, x0, y0, x1, y1):
     return shown
 
 
-def edit_tab(pipe: MiniDallePipeline, generated: gr.State, seed_of: Callable, show: Callable, max_chars: int):
+def edit_tab(
+    pipe: MiniDallePipeline,
+    generated: gr.State,
+    seed_of: Callable,
+    show: Callable,
+    max_chars: int,
+    picture_file: Callable[[Image.Image], str],
+):
     """Repaint a box of an image under a prompt; the region fills row by row."""
     size = pipe.vqvae.config.resolution
 
@@ -187,9 +194,26 @@ def edit_tab(pipe: MiniDallePipeline, generated: gr.State, seed_of: Callable, sh
             )
             gallery, seed_used, status = _outputs("edit")
     first_corner = gr.State(None)
-    outline.select(_corner_click, [first_corner, image], [first_corner, *corners], api_visibility="private")
+    # Every click counts: under Gradio's default trigger mode ("once") a second corner click that comes while
+    # the first click's event is still pending is dropped, and the box keeps one corner
+    outline.select(
+        _corner_click,
+        [first_corner, image],
+        [first_corner, *corners],
+        api_visibility="private",
+        trigger_mode="multiple",
+    )
     redraw = [image.change, *(corner.change for corner in corners)]
-    gr.on(redraw, _box_outline, [image, *corners], [outline], api_visibility="private")
+
+    def redraw_outline(*image_and_corners):
+        shown = _box_outline(*image_and_corners)
+        return None if shown is None else picture_file(shown)
+
+    # no progress overlay on the box view while it is redrawn: the overlay covers the picture, and a corner
+    # click that lands on it is lost
+    gr.on(
+        redraw, redraw_outline, [image, *corners], [outline], api_visibility="private", show_progress="hidden"
+    )
     inputs = [image, prompt, *corners, negative, seed, randomize]
     button.click(edit, inputs, [gallery, seed_used, status], api_name="edit", show_progress_on=[status])
 

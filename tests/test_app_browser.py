@@ -29,11 +29,20 @@ pytestmark = [
 
 def _wait_for_pictures(page, gallery: str, count: int) -> None:
     """Until ``gallery`` shows ``count`` decoded pictures (not broken links)."""
-    page.wait_for_function(
-        f"() => [...document.querySelectorAll('{gallery} img')]"
-        f".filter(img => img.complete && img.naturalWidth > 0).length === {count}",
-        timeout=60_000,
-    )
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function(
+            f"() => [...document.querySelectorAll('{gallery} img')]"
+            f".filter(img => img.complete && img.naturalWidth > 0).length === {count}",
+            timeout=60_000,
+        )
+    except PlaywrightTimeout:
+        images = page.evaluate(
+            f"() => [...document.querySelectorAll('{gallery} img')].map(img => "
+            "({src: img.src.slice(-60), complete: img.complete, width: img.naturalWidth, loading: img.loading}))"
+        )
+        raise AssertionError(f"{gallery} did not show {count} decoded pictures in 60 s: {images}") from None
 
 
 def test_type_a_prompt_click_generate_and_see_the_images(tmp_path):
