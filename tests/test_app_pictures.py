@@ -24,9 +24,7 @@ def test_the_same_picture_reuses_its_file_without_rewriting_it():
     assert again.read_bytes() == written + b"marker"  # handed out again, not written again
     blue = Path(files(Image.new("RGB", (8, 8), (0, 0, 255))))
     assert blue != first
-    assert sorted(p.name for p in files.folder.iterdir()) == sorted(
-        [first.name, blue.name]
-    )  # no partial files
+    assert {p.name for p in files.folder.iterdir()} == {first.name, blue.name}  # no partial files left
 
 
 def test_pictures_older_than_the_cache_age_are_pruned():
