@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import math
 import pickle
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,6 +42,7 @@ from minidalle.distributed import drop_fp32_output_copy, export_state_dict, unwr
 from minidalle.errors import ModelFolderError
 from minidalle.faults import GracefulStop, NonFiniteGuard, fault_active, weights_finite
 from minidalle.metrics_log import MetricsLog, flat_config
+from minidalle.process_exit import exit_process
 from minidalle.train_config import TrainConfig, cosine_with_warmup, restore_schedule
 
 logger = logging.getLogger(__name__)
@@ -228,7 +228,7 @@ class TrainingRun:
             accelerator.end_training()
             latest = list_checkpoints(self.output_dir)
             kept = f"saved in {saved}" if saved else f"kept: {latest[-1][1] if latest else 'none yet'}"
-            sys.exit(
+            exit_process(  # not sys.exit: a launched worker must skip finalization (minidalle.process_exit)
                 f"Stopping: {self.guard.in_a_row} non-finite steps in a row ({self.nonfinite_hint}). "
                 f"Last good state {kept}."
             )

@@ -17,6 +17,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
+mark=$start
+took() {  # the time since the last call, so a slow stage shows which it is
+  local now; now=$(date +%s)
+  echo "   ($1: $(( (now - mark) / 60 )) min $(( (now - mark) % 60 )) s)"
+  mark=$now
+}
 if [ "${SKIP_SETUP:-0}" != 1 ]; then
   bash scripts/setup.sh
   export PATH="$PWD/.venv/bin:$PATH"
@@ -36,24 +42,29 @@ echo "== data: every emoji in two styles, 10% of the (emoji, style) pairs held o
 if [ ! -f data/emoji32/counts.json ]; then
   RESOLUTIONS=32 PYTHON="$PYTHON" bash scripts/get_emoji.sh
 fi
+took "set-up and data"
 
 echo "== stage 1: VQ-VAE image tokenizer, 8x8 codes (configs/stage1_emoji32_8x8.yaml)"
 accelerate launch -q $THREADS stage1_vqvae/train.py --config configs/stage1_emoji32_8x8.yaml $STAGE1_FLAGS \
   --resume_from_checkpoint latest
 "$PYTHON" -m stage1_vqvae.evaluate --config configs/stage1_emoji32_8x8.yaml --model "$VQVAE"
+took "stage 1"
 
 echo "== stage 2: transformer prior p(codes | caption) (configs/$PRIOR.yaml)"
 accelerate launch -q $THREADS stage2_transformer/train.py --config "configs/$PRIOR.yaml" $STAGE2_FLAGS \
   --resume_from_checkpoint latest
+took "prior"
 
 echo "== re-ranker: a CLIP trained on the training pictures (configs/reranker_emoji32.yaml)"
 accelerate launch -q $THREADS reranker/train.py --config configs/reranker_emoji32.yaml $RERANKER_FLAGS \
   --resume_from_checkpoint latest
+took "re-ranker"
 
 echo "== held-out pairs: style accuracy, retrieval, bits per image, diversity, the re-ranker's pick; the grid"
 "$PYTHON" -m stage2_transformer.evaluate --config "configs/$PRIOR.yaml" --run "$OUT/$PRIOR" \
   --heldout_style true --heldout_negative_style true --num_samples "${SAMPLES:-512}" \
   --rerank_clip "$OUT/reranker_emoji32/clip"
+took "scoring"
 
 echo "== done in $(( ($(date +%s) - start) / 60 )) min $(( ($(date +%s) - start) % 60 )) s"
 echo "held-out samples (the re-ranker's picks) beside their true images: $OUT/$PRIOR/heldout_samples.png"
