@@ -55,8 +55,15 @@ class GracefulStop:
     def __init__(self) -> None:
         self.requested = False
         self.signal_name = ""
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handler)
+        self.previous = {sig: signal.signal(sig, self._handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore(self) -> None:
+        """Give both signals back to the handlers they had. Called once the last step is done: with no step
+        boundary left to stop at, a flag would only be ignored, so a Ctrl-C during the final evaluation, or
+        torchrun's SIGTERM to the other ranks when one failed, must act at once again; and a caller that
+        trained inside its own process (a notebook) gets its Ctrl-C back."""
+        for sig, handler in self.previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: not set from Python
 
     def _handler(self, signum, frame) -> None:  # noqa: ARG002
         self.requested = True

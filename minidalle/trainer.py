@@ -291,11 +291,14 @@ class TrainingRun:
                 "rerun with --resume_from_checkpoint latest to continue."
             )
             self.accelerator.end_training()
+            self.stop.restore()
         return stopping
 
     def final_save(self) -> None:
-        """After the last step: a checkpoint (unless one was just written) and the model in output_dir."""
+        """After the last step: a checkpoint (unless one was just written) and the model in output_dir;
+        then SIGTERM and SIGINT act at once again (everything is saved)."""
         self.progress.close()
         if not self.every(self.tcfg.checkpoint_every):
             self.checkpoint()
         self.export(self.output_dir)
+        self.stop.restore()

@@ -18,7 +18,7 @@ from minidalle.checkpoints import holds_run, list_checkpoints, resolve_resume
 from minidalle.shapes import build_builtin_dataset
 from stage1_vqvae.config import VQVAEConfig
 from stage1_vqvae.model import VQVAE
-from tests.conftest import flags
+from tests.conftest import ROOT, flags
 from tests.procs import assert_same_weights, marker, run, start, wait_for, weights
 
 STAGE1 = "stage1_vqvae/train.py"
@@ -97,6 +97,28 @@ def test_sigkill_while_writing_a_checkpoint(tmp_path, shapes_cache, reference, p
     run(STAGE1, *args, "--resume_from_checkpoint", "latest")
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-8"]
     assert_same_weights(reference / "8" / "vqvae", out / "vqvae")
+
+
+def test_signals_act_at_once_again_after_the_last_step(
+    tmp_path, shapes_cache, monkeypatch, fresh_accelerator_state
+):
+    """A train script run inside the caller's process (a notebook) hands SIGINT and SIGTERM back once
+    training has ended, by a stop or after the last step's save: a flag nobody reads would swallow the
+    caller's Ctrl-C, and hold up the final evaluation's end when torchrun SIGTERMs the other ranks."""
+    from minidalle.errors import run_main
+    from stage1_vqvae.train import main
+
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
+    monkeypatch.chdir(ROOT)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    out = tmp_path / "run"
+    args = tiny(shapes_cache, out, "--train.max_steps", "4", "--train.checkpoint_every", "0")
+    assert run_main(main, [*args, "--train.stop_after_steps", "2"]) == 0  # the stop at a step boundary
+    assert [step for step, _ in list_checkpoints(out)] == [2]
+    assert {sig: signal.getsignal(sig) for sig in handlers} == handlers
+    assert run_main(main, [*args, "--resume_from_checkpoint", "latest"]) == 0  # the end of training
+    assert (out / "vqvae" / "model.safetensors").is_file()
+    assert {sig: signal.getsignal(sig) for sig in handlers} == handlers
 
 
 # ----------------------------------------------------------------------------- non-finite losses
