@@ -103,8 +103,9 @@ def test_signals_act_at_once_again_after_the_last_step(
     tmp_path, shapes_cache, monkeypatch, fresh_accelerator_state
 ):
     """A train script run inside the caller's process (a notebook) hands SIGINT and SIGTERM back once
-    training has ended, by a stop or after the last step's save: a flag nobody reads would swallow the
-    caller's Ctrl-C, and hold up the final evaluation's end when torchrun SIGTERMs the other ranks."""
+    training has ended, by a stop, after the last step's save, or by the non-finite stop: a flag nobody
+    reads would swallow the caller's Ctrl-C, and hold up the final evaluation's end when torchrun SIGTERMs
+    the other ranks."""
     from minidalle.errors import run_main
     from stage1_vqvae.train import main
 
@@ -118,6 +119,13 @@ def test_signals_act_at_once_again_after_the_last_step(
     assert {sig: signal.getsignal(sig) for sig in handlers} == handlers
     assert run_main(main, [*args, "--resume_from_checkpoint", "latest"]) == 0  # the end of training
     assert (out / "vqvae" / "model.safetensors").is_file()
+    assert {sig: signal.getsignal(sig) for sig in handlers} == handlers
+    monkeypatch.setenv("MINIDALLE_FAULTS", "nan_loss@1-3")
+    nonfinite = tiny(
+        shapes_cache, tmp_path / "nan", "--train.max_steps", "4", "--train.max_nonfinite_steps", "3"
+    )
+    with pytest.raises(SystemExit, match="non-finite steps in a row"):
+        run_main(main, nonfinite)
     assert {sig: signal.getsignal(sig) for sig in handlers} == handlers
 
 
