@@ -14,6 +14,8 @@ import os
 import sys
 from collections.abc import Callable
 
+from minidalle.faults import restore_signal_handlers, stop_signal_handlers
+
 
 class UserError(Exception):
     """Something the user gave cannot be used; the message says what and how to fix it."""
@@ -70,10 +72,14 @@ def one_line(err: BaseException) -> str:
 def run_main(main: Callable[[list[str]], object], argv: list[str] | None = None) -> int:
     """Call ``main(argv)`` (``--debug`` removed); a user mistake -> one line on stderr, exit code 2.
 
-    Returns main's exit code (an int it returned, else 0), for ``sys.exit(run_main(main))``.
+    Returns main's exit code (an int it returned, else 0), for ``sys.exit(run_main(main))``. However main
+    ends, SIGINT and SIGTERM are handled as before it: a training hands them back at each of its own
+    endings, and this covers an exception raised in between, which would otherwise leave a caller that
+    runs ``main`` in its own process (a notebook) with a Ctrl-C that only sets a flag nobody reads.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debug_requested(argv)
+    handlers = stop_signal_handlers()
     try:
         result = main([a for a in argv if a != DEBUG_FLAG])
     except USER_MISTAKES as err:
@@ -81,4 +87,6 @@ def run_main(main: Callable[[list[str]], object], argv: list[str] | None = None)
             raise
         print(f"error: {one_line(err)}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
+    finally:
+        restore_signal_handlers(handlers)
     return result if isinstance(result, int) else 0

@@ -49,21 +49,38 @@ def fault_point(name: str, step: int | None = None) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def stop_signal_handlers() -> dict:
+    """SIGTERM's and SIGINT's handlers now, for ``restore_signal_handlers``."""
+    return {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+
+
+def restore_signal_handlers(handlers: dict) -> None:
+    """Put back the handlers ``stop_signal_handlers`` returned, where they changed (so that a caller off
+    the main thread, which may not set handlers, can call it when nothing changed)."""
+    for sig, handler in handlers.items():
+        if signal.getsignal(sig) is not handler:
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: not set from Python
+
+
 class GracefulStop:
     """SIGTERM/SIGINT set a flag; the loop checkpoints at the next step boundary and exits 0."""
 
     def __init__(self) -> None:
         self.requested = False
         self.signal_name = ""
-        self.previous = {sig: signal.signal(sig, self._handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+        self.previous = stop_signal_handlers()
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, self._handler)
 
     def restore(self) -> None:
         """Give both signals back to the handlers they had. Called once the last step is done: with no step
         boundary left to stop at, a flag would only be ignored, so a Ctrl-C during the final evaluation, or
         torchrun's SIGTERM to the other ranks when one failed, must act at once again; and a caller that
         trained inside its own process (a notebook) gets its Ctrl-C back."""
-        for sig, handler in self.previous.items():
-            signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: not set from Python
+        restore_signal_handlers(self.previous)
 
     def _handler(self, signum, frame) -> None:  # noqa: ARG002
         self.requested = True

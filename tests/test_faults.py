@@ -8,7 +8,9 @@ with the ``MINIDALLE_FAULTS`` test hook (see ``minidalle.faults.fault_active``).
 from __future__ import annotations
 
 import json
+import pickle
 import signal
+from fractions import Fraction
 
 import datasets
 import pytest
@@ -126,6 +128,36 @@ def test_signals_act_at_once_again_after_the_last_step(
     )
     with pytest.raises(SystemExit, match="non-finite steps in a row"):
         run_main(main, nonfinite)
+    assert {sig: signal.getsignal(sig) for sig in handlers} == handlers
+
+
+def test_signals_are_handed_back_when_training_raises(
+    tmp_path, shapes_cache, monkeypatch, fresh_accelerator_state
+):
+    """An exception raised once training has begun skips the restore at its endings: a user mistake (a
+    checkpoint that cannot be resumed) or a bug mid-loop. run_main hands SIGINT and SIGTERM back however
+    main ends, so that a caller training inside its own process keeps its Ctrl-C."""
+    from minidalle.errors import run_main
+    from minidalle.trainer import TrainingRun
+    from stage1_vqvae.train import main
+
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
+    monkeypatch.chdir(ROOT)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    out = tmp_path / "run"
+    args = tiny(shapes_cache, out, "--train.max_steps", "4", "--train.checkpoint_every", "0")
+    assert run_main(main, [*args, "--train.stop_after_steps", "2"]) == 0
+    # resuming reads the checkpoint after the handlers are set: a pickled object there is refused (exit 2)
+    (out / "checkpoints" / "checkpoint-2" / "optimizer.bin").write_bytes(pickle.dumps(Fraction(1, 3)))
+    assert run_main(main, [*args, "--resume_from_checkpoint", "latest"]) == 2
+    assert {sig: signal.getsignal(sig) for sig in handlers} == handlers
+
+    def failing_step(self, loss, on_skip=None):  # noqa: ARG001
+        raise RuntimeError("a bug in the loop")
+
+    monkeypatch.setattr(TrainingRun, "optimizer_step", failing_step)
+    with pytest.raises(RuntimeError, match="a bug in the loop"):
+        run_main(main, tiny(shapes_cache, tmp_path / "bug", "--train.max_steps", "4"))
     assert {sig: signal.getsignal(sig) for sig in handlers} == handlers
 
 
