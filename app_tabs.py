@@ -194,16 +194,6 @@ def edit_tab(
             )
             gallery, seed_used, status = _outputs("edit")
     first_corner = gr.State(None)
-    # Every click counts: under Gradio's default trigger mode ("once") a second corner click that comes while
-    # the first click's event is still pending is dropped, and the box keeps one corner
-    outline.select(
-        _corner_click,
-        [first_corner, image],
-        [first_corner, *corners],
-        api_visibility="private",
-        trigger_mode="multiple",
-    )
-    redraw = [image.change, *(corner.change for corner in corners)]
 
     def redraw_outline(*image_and_corners):
         shown = _box_outline(*image_and_corners)
@@ -211,9 +201,25 @@ def edit_tab(
 
     # no progress overlay on the box view while it is redrawn: the overlay covers the picture, and a corner
     # click that lands on it is lost
-    gr.on(
-        redraw, redraw_outline, [image, *corners], [outline], api_visibility="private", show_progress="hidden"
-    )
+    redraw = {
+        "fn": redraw_outline,
+        "inputs": [image, *corners],
+        "outputs": [outline],
+        "show_progress": "hidden",
+        "api_visibility": "private",
+    }
+    # Every click counts: under Gradio's default trigger mode ("once") a second corner click that comes while
+    # the first click's event is still pending is dropped, and the box keeps one corner. A click sets all
+    # four corners, so it redraws once after them; the corners' own trigger is the user's typing (input),
+    # not any change, which would redraw once per corner set
+    outline.select(
+        _corner_click,
+        [first_corner, image],
+        [first_corner, *corners],
+        api_visibility="private",
+        trigger_mode="multiple",
+    ).then(**redraw)
+    gr.on([image.change, *(corner.input for corner in corners)], **redraw)
     inputs = [image, prompt, *corners, negative, seed, randomize]
     button.click(edit, inputs, [gallery, seed_used, status], api_name="edit", show_progress_on=[status])
 

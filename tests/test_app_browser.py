@@ -45,6 +45,16 @@ def _wait_for_pictures(page, gallery: str, count: int) -> None:
         raise AssertionError(f"{gallery} did not show {count} decoded pictures in 60 s: {images}") from None
 
 
+def _wait_for_events(page, events: list, count: int) -> None:
+    """Until ``count`` events have been sent, then a second more: none may follow."""
+    for _ in range(300):
+        if len(events) >= count:
+            break
+        page.wait_for_timeout(100)
+    page.wait_for_timeout(1000)
+    assert len(events) == count, f"{len(events)} events sent, {count} expected"
+
+
 def test_type_a_prompt_click_generate_and_see_the_images(tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
@@ -88,6 +98,8 @@ def test_type_a_prompt_click_generate_and_see_the_images(tmp_path):
                 timeout=30_000,
             )
             view = page.locator("#edit-box img").first.bounding_box()
+            events = []  # the app's events the clicks start, each one request to join the queue
+            page.on("request", lambda r: events.append(r.url) if "/queue/join?" in r.url else None)
             # each click's update lands before the next click: x0 is 24 after the first (a one-pixel box),
             # 8 after the second; a fixed pause alone let the box be read, or clicked, between the two
             for fx, fy, x0 in ((0.77, 0.89, "24"), (0.27, 0.52, "8")):
@@ -97,6 +109,13 @@ def test_type_a_prompt_click_generate_and_see_the_images(tmp_path):
             expect(page.locator("#edit-y1 input")).to_have_value("29", timeout=30_000)
             box = [page.locator(f"#edit-{n} input").input_value() for n in ("x0", "y0", "x1", "y1")]
             assert box == ["8", "16", "25", "29"]
+            # a click sets four corners and the view is redrawn once for them, not once per corner: two events
+            # a click; typing a corner redraws it too
+            _wait_for_events(page, events, 4)
+            page.locator("#edit-x0 input").fill("4")
+            _wait_for_events(page, events, 5)
+            page.locator("#edit-x0 input").fill("8")
+            _wait_for_events(page, events, 6)
             page.locator("#edit-prompt textarea").fill("a small red circle at the bottom")
             page.locator("#edit-run").click()
             expect(page.locator("#edit-status")).to_contain_text("Done: 1 images", timeout=60_000)
