@@ -228,7 +228,6 @@ class TrainingRun:
             accelerator.end_training()
             latest = list_checkpoints(self.output_dir)
             kept = f"saved in {saved}" if saved else f"kept: {latest[-1][1] if latest else 'none yet'}"
-            self.stop.restore()
             exit_process(  # not sys.exit: a launched worker must skip finalization (minidalle.process_exit)
                 f"Stopping: {self.guard.in_a_row} non-finite steps in a row ({self.nonfinite_hint}). "
                 f"Last good state {kept}."

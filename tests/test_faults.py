@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from minidalle.checkpoints import holds_run, list_checkpoints, resolve_resume
+from minidalle.faults import stop_signal_handlers
 from minidalle.shapes import build_builtin_dataset
 from stage1_vqvae.config import VQVAEConfig
 from stage1_vqvae.model import VQVAE
@@ -113,22 +114,22 @@ def test_signals_act_at_once_again_after_the_last_step(
 
     monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
     monkeypatch.chdir(ROOT)
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    handlers = stop_signal_handlers()
     out = tmp_path / "run"
     args = tiny(shapes_cache, out, "--train.max_steps", "4", "--train.checkpoint_every", "0")
     assert run_main(main, [*args, "--train.stop_after_steps", "2"]) == 0  # the stop at a step boundary
     assert [step for step, _ in list_checkpoints(out)] == [2]
-    assert {sig: signal.getsignal(sig) for sig in handlers} == handlers
+    assert stop_signal_handlers() == handlers
     assert run_main(main, [*args, "--resume_from_checkpoint", "latest"]) == 0  # the end of training
     assert (out / "vqvae" / "model.safetensors").is_file()
-    assert {sig: signal.getsignal(sig) for sig in handlers} == handlers
+    assert stop_signal_handlers() == handlers
     monkeypatch.setenv("MINIDALLE_FAULTS", "nan_loss@1-3")
     nonfinite = tiny(
         shapes_cache, tmp_path / "nan", "--train.max_steps", "4", "--train.max_nonfinite_steps", "3"
     )
     with pytest.raises(SystemExit, match="non-finite steps in a row"):
         run_main(main, nonfinite)
-    assert {sig: signal.getsignal(sig) for sig in handlers} == handlers
+    assert stop_signal_handlers() == handlers
 
 
 def test_signals_are_handed_back_when_training_raises(
@@ -143,14 +144,14 @@ def test_signals_are_handed_back_when_training_raises(
 
     monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
     monkeypatch.chdir(ROOT)
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    handlers = stop_signal_handlers()
     out = tmp_path / "run"
     args = tiny(shapes_cache, out, "--train.max_steps", "4", "--train.checkpoint_every", "0")
     assert run_main(main, [*args, "--train.stop_after_steps", "2"]) == 0
     # resuming reads the checkpoint after the handlers are set: a pickled object there is refused (exit 2)
     (out / "checkpoints" / "checkpoint-2" / "optimizer.bin").write_bytes(pickle.dumps(Fraction(1, 3)))
     assert run_main(main, [*args, "--resume_from_checkpoint", "latest"]) == 2
-    assert {sig: signal.getsignal(sig) for sig in handlers} == handlers
+    assert stop_signal_handlers() == handlers
 
     def failing_step(self, loss, on_skip=None):  # noqa: ARG001
         raise RuntimeError("a bug in the loop")
@@ -158,7 +159,7 @@ def test_signals_are_handed_back_when_training_raises(
     monkeypatch.setattr(TrainingRun, "optimizer_step", failing_step)
     with pytest.raises(RuntimeError, match="a bug in the loop"):
         run_main(main, tiny(shapes_cache, tmp_path / "bug", "--train.max_steps", "4"))
-    assert {sig: signal.getsignal(sig) for sig in handlers} == handlers
+    assert stop_signal_handlers() == handlers
 
 
 # ----------------------------------------------------------------------------- non-finite losses
