@@ -219,7 +219,10 @@ def edit_tab(
         api_visibility="private",
         trigger_mode="multiple",
     ).then(**redraw)
-    gr.on([image.change, *(corner.input for corner in corners)], **redraw)
+    # Keystrokes typed while a redraw is pending are not all redrawn, but the last one is ("always_last"):
+    # the view ends on the typed box. gr.on takes its mode from its first trigger when none is given, so it
+    # is named here rather than left to the order of the list ("once" would keep the view a keystroke behind)
+    gr.on([image.change, *(corner.input for corner in corners)], trigger_mode="always_last", **redraw)
     inputs = [image, prompt, *corners, negative, seed, randomize]
     button.click(edit, inputs, [gallery, seed_used, status], api_name="edit", show_progress_on=[status])
 

@@ -283,3 +283,20 @@ def test_launch_is_local_queued_and_never_shared(model_dir, monkeypatch):
     assert calls["launch"]["max_file_size"] == app_gradio.MAX_UPLOAD
     demo = app_gradio.build_app(MiniDallePipeline.from_pretrained(model_dir, device="cpu"))
     assert isinstance(demo, gr.Blocks)
+
+
+def test_edit_box_view_keeps_every_click_and_the_last_typed_corner(model_dir):
+    """The box view's events: a corner click is never dropped while another is pending ("multiple"), and a
+    burst of typing in a corner always ends redrawn at its last value ("always_last"), whatever the order of
+    gr.on's triggers; "once" would drop the second click, or leave the view a keystroke behind."""
+    import app_gradio
+
+    demo = app_gradio.build_app(MiniDallePipeline.from_pretrained(model_dir, device="cpu"))
+    ids = {block.elem_id: block._id for block in demo.blocks.values() if getattr(block, "elem_id", None)}
+    corners = {ids[f"edit-{name}"] for name in ("x0", "y0", "x1", "y1")}
+    modes = {}
+    for fn in demo.fns.values():
+        for block_id, event in fn.targets:
+            if block_id in corners or block_id == ids["edit-box"]:
+                modes.setdefault((event, block_id == ids["edit-box"]), set()).add(fn.trigger_mode)
+    assert modes == {("select", True): {"multiple"}, ("input", False): {"always_last"}}, modes
