@@ -30,18 +30,31 @@ def fresh_accelerator_state():
 # environment of the one process it starts (test_launch_sets_what_accelerate_launch_sets holds it to
 # that). Most tests set it themselves and run the script directly: the launcher's own start-up costs
 # about 1.8 s a run, a minute over the suite's ~30 runs.
+LAUNCHER_FLAGS = shlex.split(
+    "--cpu --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no"
+)
+ACCELERATE_LAUNCH = ["-m", "accelerate.commands.launch", *LAUNCHER_FLAGS]
 LAUNCHER_ENV = {
     "ACCELERATE_USE_CPU": "True",
     "ACCELERATE_MIXED_PRECISION": "no",
     "ACCELERATE_DYNAMO_BACKEND": "NO",
     "ACCELERATE_DYNAMO_MODE": "default",
-    "ACCELERATE_DYNAMO_USE_DYNAMIC": "False",
     "ACCELERATE_DYNAMO_USE_FULLGRAPH": "False",
     "ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION": "False",
 }
-ACCELERATE_LAUNCH = shlex.split(
-    "-m accelerate.commands.launch --cpu --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no"
-)
+
+
+def _launcher_dynamic_shapes() -> str | None:
+    """What the installed launcher puts in ACCELERATE_DYNAMO_USE_DYNAMIC unasked: "False" up to accelerate
+    1.15; from 1.16 the flag defaults to None and the variable is left unset (torch.compile's own default)."""
+    from accelerate.commands.launch import launch_command_parser
+
+    default = launch_command_parser().parse_args([*LAUNCHER_FLAGS, "script.py"]).dynamo_use_dynamic
+    return None if default is None else str(default)
+
+
+if (dynamic_shapes := _launcher_dynamic_shapes()) is not None:
+    LAUNCHER_ENV["ACCELERATE_DYNAMO_USE_DYNAMIC"] = dynamic_shapes
 
 
 def launch(
