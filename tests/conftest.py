@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from accelerate.commands.launch import launch_command_parser
+from accelerate.utils import prepare_simple_launcher_cmd_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,34 +29,19 @@ def fresh_accelerator_state():
 
 
 # What ``accelerate launch --cpu --num_processes 1 --mixed_precision no --dynamo_backend no`` puts in the
-# environment of the one process it starts (test_launch_sets_what_accelerate_launch_sets holds it to
-# that). Most tests set it themselves and run the script directly: the launcher's own start-up costs
-# about 1.8 s a run, a minute over the suite's ~30 runs.
+# environment of the one process it starts, from accelerate's own launcher helper, so that it follows the
+# installed version (1.16 stopped setting ACCELERATE_DYNAMO_USE_DYNAMIC unasked; 1.15 set it to "False").
+# test_launch_sets_what_accelerate_launch_sets holds it to what the real launcher sets. Most tests set it
+# themselves and run the script directly: the launcher's own start-up costs about 1.8 s a run, a minute
+# over the suite's ~30 runs.
 LAUNCHER_FLAGS = shlex.split(
     "--cpu --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no"
 )
 ACCELERATE_LAUNCH = ["-m", "accelerate.commands.launch", *LAUNCHER_FLAGS]
-LAUNCHER_ENV = {
-    "ACCELERATE_USE_CPU": "True",
-    "ACCELERATE_MIXED_PRECISION": "no",
-    "ACCELERATE_DYNAMO_BACKEND": "NO",
-    "ACCELERATE_DYNAMO_MODE": "default",
-    "ACCELERATE_DYNAMO_USE_FULLGRAPH": "False",
-    "ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION": "False",
-}
-
-
-def _launcher_dynamic_shapes() -> str | None:
-    """What the installed launcher puts in ACCELERATE_DYNAMO_USE_DYNAMIC unasked: "False" up to accelerate
-    1.15; from 1.16 the flag defaults to None and the variable is left unset (torch.compile's own default)."""
-    from accelerate.commands.launch import launch_command_parser
-
-    default = launch_command_parser().parse_args([*LAUNCHER_FLAGS, "script.py"]).dynamo_use_dynamic
-    return None if default is None else str(default)
-
-
-if (dynamic_shapes := _launcher_dynamic_shapes()) is not None:
-    LAUNCHER_ENV["ACCELERATE_DYNAMO_USE_DYNAMIC"] = dynamic_shapes
+_, _launcher_environ = prepare_simple_launcher_cmd_env(
+    launch_command_parser().parse_args([*LAUNCHER_FLAGS, "x.py"])
+)
+LAUNCHER_ENV = {key: value for key, value in _launcher_environ.items() if key.startswith("ACCELERATE_")}
 
 
 def launch(
