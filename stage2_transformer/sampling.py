@@ -70,6 +70,7 @@ def sample_image_codes(
     guidance_plausibility: float = DEFAULT_GUIDANCE_PLAUSIBILITY,
     cache_implementation: str = "static",
     negative_scale: float = DEFAULT_NEGATIVE_SCALE,
+    unconditional_text_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sample (B, h, w) image codes in [0, K) for captions ``text_ids`` (B, T).
 
@@ -79,7 +80,10 @@ def sample_image_codes(
     grid is walked in raster order, sampled positions see the codes before them and fixed positions are
     fed as given (the model is causal, so a fixed code after a sampled one cannot condition it).
     ``negative_text_ids`` (B, T): negative captions, a third batched half that guidance steers away from
-    with weight ``negative_scale`` (``guided_logits``). ``on_row(row, codes)`` is called after each sampled row with the rows done
+    with weight ``negative_scale`` (``guided_logits``). ``unconditional_text_ids`` (B, T): guidance's
+    unconditional half in place of the empty caption, for a layout whose text part holds more than the
+    caption (a reference picture's codes kept in both halves, so that guidance amplifies only the
+    caption: ``benchmarks/emoji_reference_prior.py``). ``on_row(row, codes)`` is called after each sampled row with the rows done
     so far, ``codes`` (B, row + 1, w). ``use_cache=False`` re-runs the whole sequence at every step.
     ``cache_implementation``: ``"static"`` decodes with ``KVDecoder`` (preallocated cache, fused
     projections; falls back to ``"dynamic"`` for models it does not support), ``"dynamic"`` with
@@ -111,7 +115,12 @@ def sample_image_codes(
     guided = guidance_scale != 1.0
     halves = 1
     if guided:  # rows [0, B) conditional, [B, 2B) the empty caption, [2B, 3B) the negative one if any
-        empty = layout.empty_caption_ids(batch, device=device)  # (B, T)
+        if unconditional_text_ids is None:
+            empty = layout.empty_caption_ids(batch, device=device)  # (B, T)
+        else:
+            empty = _check_text_ids(unconditional_text_ids, layout, "unconditional_text_ids").to(device)
+            if empty.shape[0] != batch:
+                raise ValueError(f"unconditional_text_ids has {empty.shape[0]} rows, text_ids {batch}.")
         parts = [seq, torch.cat([empty, seq[:, layout.text_len :]], dim=1)]
         if negative_text_ids is not None:
             negative = _check_text_ids(negative_text_ids, layout, "negative_text_ids").to(device)  # (B, T)

@@ -121,6 +121,30 @@ def test_emoji32_configs_train_and_score_heldout_styles(tmp_path, emoji_folders,
         and reranked["style_accuracy_pct"] == report["style_accuracy_pct"]
     )
 
+    # The reference-conditioned prior, two steps on the run's pictures, scored with the same re-ranker. The
+    # fake packs' held-out emoji are drawn in the other style in training: both retrievals find that picture,
+    # wrong in style by construction. Caption retrieval gives every training row a reference, the emoji key
+    # only the 16 rows of the 8 emoji drawn in both styles.
+    from benchmarks.emoji_reference_prior import COLUMNS
+    from benchmarks.emoji_reference_prior import main as reference_prior
+
+    out = tmp_path / "reference_prior.json"
+    settings = f"--run {stage2} --data {emoji_folders[32]} --steps 2 --batch_size 4 --warmup_steps 1"
+    settings += f" --candidates 2 --rerank_clip {reranker / 'clip'} --out {out} --save {tmp_path / 'rag'}"
+    for retrieval, with_reference in (("caption", 18), ("emoji", 16)):
+        got = reference_prior(flags(f"{settings} --retrieve {retrieval}"))
+        assert (got["training_rows"], got["training_rows_with_reference"]) == (18, with_reference)
+        assert got["heldout_same_emoji_retrieved_pct"] == 100.0
+        every = got["groups"]["all"]
+        assert every["captions"] == 2 and set(COLUMNS) <= set(every)
+        assert every["retrieved picture"]["style_accuracy_pct"] == 0.0
+        for column in COLUMNS:
+            assert every[column]["retrieval_top5_pct"] == 100.0  # 2 held-out images
+        assert every["with reference"]["style_accuracy_pct"] <= got["any_candidate_right_style_pct"]
+        assert json.loads(out.read_text())["groups"] == got["groups"]
+    saved = json.loads((tmp_path / "rag" / "sequence_layout.json").read_text())
+    assert saved["text_len"] == 24 + 64  # the caption, then the reference's 8x8 codes
+
     # The candidates benchmark on the same run: candidate 0 is the sample the evaluate command scored, and
     # the re-ranker's pick of the same 3 candidates is the evaluate command's reranked sample.
     from benchmarks.heldout_candidates import RULES

@@ -148,3 +148,43 @@ def test_group_table_lines():
     lines = format_group_table({"all": {"captions": 4, "first": scores}}, ["first"]).splitlines()
     assert lines[0].split() == ["group", "captions", "first"]
     assert lines[1].split() == ["all", "4", "87.5", "/", "40.0"]
+
+
+def test_reference_retrieval_finds_the_emoji_by_its_name_words():
+    """benchmarks/emoji_reference_prior.py: a caption retrieves the training picture whose caption shares its
+    rare words (the emoji's name), not the one that shares its style and phrasing; a training caption never
+    retrieves itself; the emoji key finds the other style or nothing."""
+    from benchmarks.emoji_reference_prior import NO_REFERENCE, caption_neighbours, other_style_indices
+
+    keys = [
+        {"text": "noto emoji: grinning face", "unified": "1F600", "style": "noto"},
+        {"text": "penguin drawn in twemoji style", "unified": "1F427", "style": "twemoji"},
+        {"text": "twemoji emoji: grinning face", "unified": "1F600", "style": "twemoji"},
+        {"text": "noto emoji: red apple", "unified": "1F34E", "style": "noto"},
+    ]
+    texts = [key["text"] for key in keys]
+    queries = ["noto emoji: penguin", "an apple, red, noto style", "grinning face"]
+    assert caption_neighbours(queries, texts).tolist() == [1, 3, 0]
+    assert caption_neighbours(texts, texts, exclude_self=True).tolist() == [2, 2, 0, 0]  # else: shared style
+    assert caption_neighbours(texts, texts).tolist() == [0, 1, 2, 3]  # without the exclusion: itself
+    heldout = [{"unified": "1F427", "style": "noto"}, {"unified": "1F600", "style": "noto"}]
+    assert other_style_indices(heldout, keys).tolist() == [1, 2]
+    assert other_style_indices(keys, keys).tolist() == [2, NO_REFERENCE, 0, NO_REFERENCE]
+
+
+def test_reference_codes_sit_after_the_caption_tokens():
+    """The reference layout keeps the run's image ids and puts K reference-code ids after the caption
+    tokenizer's, PAD where a row shows no reference."""
+    from benchmarks.emoji_reference_prior import reference_ids, reference_layout
+    from stage2_transformer.layout import SequenceLayout
+
+    base = SequenceLayout(text_len=4, text_vocab_size=10, codebook_size=6, grid_h=2, grid_w=2, pad_id=0)
+    layout = reference_layout(base)
+    assert (layout.text_len, layout.text_vocab_size, layout.codebook_size) == (8, 16, 6)
+    codes = torch.tensor([[0, 1, 2, 5], [3, 3, 3, 3]])  # (2, N)
+    ids = reference_ids(codes, torch.tensor([True, False]), base)
+    assert ids.tolist() == [[10, 11, 12, 15], [0, 0, 0, 0]]
+    seq = layout.build(torch.cat([torch.ones(2, 4, dtype=torch.long), ids], 1), codes)  # (2, 13)
+    text, back = layout.split(seq)
+    assert torch.equal(back.flatten(1), codes) and torch.equal(text[:, 4:], ids)
+    assert seq[0, 9:].tolist() == [c + 16 for c in codes[0].tolist()]  # image ids after every text id

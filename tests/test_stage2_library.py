@@ -299,6 +299,36 @@ def test_guidance_batches_cond_and_uncond_in_one_pass(model):
     assert torch.equal(greedy[:, 0, 0], mixed.argmax(-1))
 
 
+def test_guidance_contrasts_the_unconditional_half_it_is_given(model):
+    """unconditional_text_ids replaces the empty caption in guidance's second half (a reference picture's
+    codes kept in both halves, only the caption emptied); the empty caption itself gives the default."""
+    text = _captions(2)
+    kept = LAYOUT.empty_caption_ids(2)
+    kept[:, T // 2 :] = text[:, T // 2 :]  # (B, T): the caption's first half emptied, the rest kept
+    seen = []
+    handle = model.model.embed_tokens.register_forward_hook(lambda m, args, out: seen.append(args[0].clone()))
+    try:
+        greedy = sample_image_codes(
+            model, LAYOUT, text, guidance_scale=3.0, temperature=0.0, unconditional_text_ids=kept
+        )
+    finally:
+        handle.remove()
+    first = seen[0]  # (2B, T+1)
+    assert torch.equal(first[:2, :T], text) and torch.equal(first[2:, :T], kept)
+    with torch.no_grad():
+        logits = model(input_ids=first).logits[:, -1, LAYOUT.image_offset : LAYOUT.boi_id]  # (2B, K)
+    assert torch.equal(greedy[:, 0, 0], (logits[2:] + 3.0 * (logits[:2] - logits[2:])).argmax(-1))
+
+    def sample(**kwargs):
+        generator = torch.Generator().manual_seed(3)
+        return sample_image_codes(model, LAYOUT, text, guidance_scale=3.0, generator=generator, **kwargs)
+
+    assert torch.equal(sample(unconditional_text_ids=LAYOUT.empty_caption_ids(2)), sample())
+    assert not torch.equal(sample(unconditional_text_ids=kept), sample())
+    with pytest.raises(ValueError, match="unconditional_text_ids has 1 rows, text_ids 2"):
+        sample(unconditional_text_ids=kept[:1])
+
+
 @pytest.mark.parametrize("cache_implementation", ["static", "dynamic", "hf-static"])
 @pytest.mark.parametrize("kwargs", [{"temperature": 0.0}, {}, {"guidance_scale": 2.5, "top_k": 6}])
 def test_kv_cache_matches_full_recompute(model, kwargs, cache_implementation):
