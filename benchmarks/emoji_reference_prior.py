@@ -166,14 +166,19 @@ def encode_views(vqvae, pictures: torch.Tensor, views: int, batch_size: int = 51
     )  # (V, n, N)
 
 
-def train_prior(args, held, base: SequenceLayout, layout: SequenceLayout, references: torch.Tensor):
-    """The reference-conditioned prior, trained on the run's training split; returns it in eval mode."""
-    rows = list(held.train_hf.select_columns(["text"]))
-    pictures = torch.stack([preprocess(row["image"], held.vqvae.config.resolution) for row in held.train_hf])
-    codes = encode_views(held.vqvae, pictures, len(SHIFT_DIRECTIONS))  # (5, n, N)
-    captions = encode_captions(
-        held.tokenizer, [row["text"] for row in rows], base.text_len, warn=False
-    )  # (n, T)
+def train_prior(
+    args,
+    held,
+    base: SequenceLayout,
+    layout: SequenceLayout,
+    texts: list[str],
+    codes: torch.Tensor,
+    references: torch.Tensor,
+):
+    """The reference-conditioned prior, trained on the training rows' captions ``texts`` (n), the codes of their
+    pictures' shifted views ``codes`` (5, n, N) and the row each is shown ``references`` (n,); returns it in
+    eval mode and the seconds it took."""
+    captions = encode_captions(held.tokenizer, texts, base.text_len, warn=False)  # (n, T)
     size = held.model.config
     torch.manual_seed(args.train_seed)
     model = build_transformer(
@@ -187,8 +192,8 @@ def train_prior(args, held, base: SequenceLayout, layout: SequenceLayout, refere
     ).to(held.device)
     precision = resolve_mixed_precision("auto", held.device)
     prefer_fast_attention(model, held.device, precision)
-    decay = [p for name, p in model.named_parameters() if p.dim() >= 2 and "norm" not in name]
-    no_decay = [p for name, p in model.named_parameters() if not (p.dim() >= 2 and "norm" not in name)]
+    decay = [p for p in model.parameters() if p.dim() >= 2]  # as the trainer: no decay on norms
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=args.learning_rate,
@@ -209,7 +214,7 @@ def train_prior(args, held, base: SequenceLayout, layout: SequenceLayout, refere
     model.train()
     start = time.time()
     for step in range(args.steps):
-        rows_drawn = torch.randint(0, len(rows), (B,), generator=generator)  # (B,)
+        rows_drawn = torch.randint(0, len(texts), (B,), generator=generator)  # (B,)
         view = torch.randint(0, len(SHIFT_DIRECTIONS), (B,), generator=generator)  # (B,)
         reference_view = torch.randint(0, len(SHIFT_DIRECTIONS), (B,), generator=generator)  # (B,)
         reference = references[rows_drawn]  # (B,)
@@ -241,15 +246,6 @@ def train_prior(args, held, base: SequenceLayout, layout: SequenceLayout, refere
             print(f"step {step}: code loss {image_loss.item():.3f}, {time.time() - start:.0f} s", flush=True)
     model.eval()
     return model, time.time() - start
-
-
-def retrieved_pictures(held, references: torch.Tensor) -> torch.Tensor:
-    """The training pictures ``references`` (n,) index, (n, 3, H, W); white where nothing is retrieved."""
-    resolution = held.vqvae.config.resolution
-    blank = torch.ones(3, resolution, resolution)
-    return torch.stack(
-        [preprocess(held.train_hf[i]["image"], resolution) if i >= 0 else blank for i in references.tolist()]
-    )
 
 
 @torch.no_grad()
@@ -309,18 +305,22 @@ def main(argv: list[str] | None = None) -> dict:
     base = held.layout
     layout = reference_layout(base)
     train_rows = list(held.train_hf.select_columns(["text", "unified", "style"]))
+    resolution = held.vqvae.config.resolution
+    pictures = torch.stack([preprocess(row["image"], resolution) for row in held.train_hf])  # (m, 3, H, W)
+    codes = encode_views(held.vqvae, pictures, len(SHIFT_DIRECTIONS))  # (5, m, N); view 0 as it is
     training_references = retrieve(args.retrieve, train_rows, train_rows, queries_are_keys=True)  # (m,)
-    model, train_seconds = train_prior(args, held, base, layout, training_references)
+    texts = [row["text"] for row in train_rows]
+    model, train_seconds = train_prior(args, held, base, layout, texts, codes, training_references)
     if args.save:
         save_transformer(model, layout, args.save)
 
     heldout_references = retrieve(args.retrieve, held.rows, train_rows, queries_are_keys=False)  # (n,)
-    retrieved = retrieved_pictures(held, heldout_references)  # (n, 3, H, W)
     shown = heldout_references != NO_REFERENCE  # (n,)
+    found = heldout_references.clamp(min=0)  # (n,)
+    retrieved = torch.where(shown[:, None, None, None], pictures[found], 1.0)  # (n, 3, H, W); white: none
     captions = encode_captions(held.tokenizer, held.captions, base.text_len, warn=False)  # (n, T)
-    reference_codes = encode_views(held.vqvae, retrieved, 1)[0]  # (n, N): each picture as it is
-    with_reference = torch.cat([captions, reference_ids(reference_codes, shown, base)], 1)  # (n, T + N)
-    without = torch.cat([captions, reference_ids(reference_codes, torch.zeros_like(shown), base)], 1)
+    with_reference = torch.cat([captions, reference_ids(codes[0, found], shown, base)], 1)  # (n, T + N)
+    without = torch.cat([captions, reference_ids(codes[0, found], torch.zeros_like(shown), base)], 1)
 
     def sample(text: torch.Tensor, seed: int) -> torch.Tensor:
         return draw(model, layout, base, held.vqvae, text, seed, args.guidance)
