@@ -42,7 +42,7 @@ from minidalle.distributed import drop_fp32_output_copy, export_state_dict, unwr
 from minidalle.errors import ModelFolderError
 from minidalle.faults import GracefulStop, NonFiniteGuard, fault_active, weights_finite
 from minidalle.metrics_log import MetricsLog, flat_config
-from minidalle.process_exit import exit_process
+from minidalle.process_exit import exit_process, keep_until_exit
 from minidalle.train_config import TrainConfig, cosine_with_warmup, restore_schedule
 
 logger = logging.getLogger(__name__)
@@ -83,6 +83,8 @@ class TrainingRun:
             # From pinned memory (loader_options on CUDA) a batch is copied while the GPU computes.
             dataloader_config=DataLoaderConfiguration(non_blocking=True),
         )
+        # The run holds the prepared (DDP) model, whose gloo group must outlive main: minidalle.process_exit.
+        keep_until_exit(self)
         if tcfg.tf32:
             allow_tf32_on_cuda(self.accelerator.device)
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)

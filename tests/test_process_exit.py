@@ -55,3 +55,46 @@ def test_a_launched_worker_reports_a_message_code_as_sys_exit_does():
     assert result.returncode == 1
     assert result.stderr.strip() == "Stopping: the loss is not finite"
     assert "finalized" not in result.stdout
+
+
+KEEP_SCRIPT = textwrap.dedent(
+    """
+    import gc, sys, weakref
+    import torch
+    from minidalle.process_exit import exit_process
+    from minidalle.train_config import TrainConfig
+    from minidalle.trainer import TrainingRun
+
+    def main(output_dir):
+        tcfg = TrainConfig(output_dir=output_dir, report_to="none")
+        run = TrainingRun(tcfg, "t", "hint")
+        model = torch.nn.Linear(2, 2)
+        model, _ = run.prepare(model, run.adamw(model.parameters()), save=None, run_config=tcfg)
+        run.accelerator.wait_for_everyone()
+        run.accelerator.end_training()
+        return weakref.ref(model), type(model).__name__
+
+    model, kind = main(sys.argv[1])  # main's locals are gone, as when a train script's main returns
+    gc.collect()
+    print(kind, "alive" if model() is not None else "freed", flush=True)
+    exit_process(0)
+    """
+)
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_a_launched_worker_keeps_its_prepared_model_until_it_exits(tmp_path, nproc):
+    """Freeing a DDP model destroys its gloo group, which can deadlock with the group's own threads (see
+    minidalle.process_exit): a launched worker must never free it. A single process frees it as usual."""
+    from tests.procs import command, process_env
+
+    script = tmp_path / "keep.py"
+    script.write_text(KEEP_SCRIPT)
+    argv = command(str(script), str(tmp_path / "run"), nproc=nproc)
+    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, env=process_env(), timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = sorted(line for line in result.stdout.splitlines() if line.endswith(("alive", "freed")))
+    if nproc == 1:
+        assert lines == ["Linear freed"]
+    else:
+        assert lines == ["DistributedDataParallel alive"] * 2
