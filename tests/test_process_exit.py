@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-from tests.procs import ROOT
+from tests.procs import ROOT, command, process_env
 
 SCRIPT = textwrap.dedent(
     """
@@ -86,8 +86,6 @@ KEEP_SCRIPT = textwrap.dedent(
 def test_a_launched_worker_keeps_its_prepared_model_until_it_exits(tmp_path, nproc):
     """Freeing a DDP model destroys its gloo group, which can deadlock with the group's own threads (see
     minidalle.process_exit): a launched worker must never free it. A single process frees it as usual."""
-    from tests.procs import command, process_env
-
     script = tmp_path / "keep.py"
     script.write_text(KEEP_SCRIPT)
     argv = command(str(script), str(tmp_path / "run"), nproc=nproc)
