@@ -39,6 +39,9 @@ class TrainConfig:
     max_nonfinite_steps: int = 10  # stop after this many non-finite steps in a row
     report_to: str = "tensorboard"  # "none" or a tracker accelerate supports: tensorboard, wandb, mlflow...
     compile: bool = False  # torch.compile the model after Accelerate's wrapping (stage 2)
+    # torch.compile's backend: "inductor" generates kernels; "aot_eager" traces forward and backward the
+    # same way and runs them eagerly, which finds a graph that does not compile in seconds, not minutes.
+    compile_backend: str = "inductor"
     # CUDA only (CPU runs are unchanged): fp32 matmuls on TF32 tensor cores, and AdamW as one fused kernel.
     tf32: bool = True
     fused_adamw: bool = True
@@ -73,6 +76,15 @@ class TrainConfig:
             if not ok:
                 raise ValueError(message)
         check_report_to(self.report_to)
+        if self.compile_backend != "inductor":
+            from torch._dynamo import list_backends
+
+            backends = list_backends(exclude_tags=())
+            if self.compile_backend not in backends:
+                raise ValueError(
+                    f"train.compile_backend {self.compile_backend!r} is not a torch.compile backend; "
+                    f"use one of: {', '.join(backends)}"
+                )
 
 
 def cosine_with_warmup(

@@ -161,7 +161,7 @@ class TrainingRun:
         if not fp32_outputs:
             drop_fp32_output_copy(accelerator, model)
         if tcfg.compile:
-            model = torch.compile(model)
+            model = torch.compile(model, backend=tcfg.compile_backend)
         self.model, self.optimizer, self.save = model, optimizer, save
         if accelerator.is_main_process:
             accelerator.init_trackers(self.name, config=flat_config(run_config))

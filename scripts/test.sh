@@ -15,7 +15,8 @@ if [ $# -gt 0 ]; then  # a chosen subset: as given, in one process
 fi
 # The suite in two worker processes (pytest-xdist): most tests wait on a child process or on one core,
 # so two at a time take about 6 min where one at a time took 9 (2 cores). Passive OpenMP waiting keeps a
-# worker's idle threads from spinning on the core the other is using. The browser test drives chromium
-# against a launched app under a 60 s page timeout: it runs after, alone.
-OMP_WAIT_POLICY=PASSIVE .venv/bin/python -m pytest -q -n 2 -m "not browser"
+# worker's idle threads from spinning on the core the other is using. Work stealing lets an idle worker
+# take tests queued on the busy one, so a few 20-55 s tests left at the end do not run alone. The browser
+# test drives chromium against a launched app under a 60 s page timeout: it runs after, alone.
+OMP_WAIT_POLICY=PASSIVE .venv/bin/python -m pytest -q -n 2 --dist worksteal -m "not browser"
 exec .venv/bin/python -m pytest -q -m browser
