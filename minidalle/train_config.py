@@ -79,11 +79,10 @@ class TrainConfig:
         if self.compile_backend != "inductor":
             from torch._dynamo import list_backends
 
-            backends = list_backends(exclude_tags=())
-            if self.compile_backend not in backends:
+            if self.compile_backend not in list_backends(exclude_tags=()):
                 raise ValueError(
                     f"train.compile_backend {self.compile_backend!r} is not a torch.compile backend; "
-                    f"use one of: {', '.join(backends)}"
+                    f"use one of {', '.join(list_backends())}, or aot_eager or eager to debug a compile"
                 )
 
 
