@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from stage1_vqvae.model import VQVAE
 from stage2_transformer.layout import SequenceLayout
 from stage2_transformer.model import load_transformer
 from stage2_transformer.tokenizer import load_caption_tokenizer
-from tests.conftest import ROOT, flags, launch, read_metrics
+from tests.conftest import ROOT, flags, inductor_compiles, launch, read_metrics
 
 
 def save_vqvae(folder, seed: int = 0, codebook_size: int = 32):
@@ -174,13 +173,7 @@ def test_mismatched_stage1_model_fails_clearly(
     "backend",
     [
         "aot_eager",
-        pytest.param(
-            "inductor",
-            marks=pytest.mark.skipif(
-                not os.environ.get("MINIDALLE_COMPILE_TESTS"),
-                reason="inductor's kernels cost about 45 s of CPU; set MINIDALLE_COMPILE_TESTS=1 to run",
-            ),
-        ),
+        pytest.param("inductor", marks=inductor_compiles),
     ],
 )
 def test_compiled_training_exports_the_plain_model(tmp_path, vqvae_dir, shapes_cache, backend):

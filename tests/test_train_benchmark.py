@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 
 import pytest
 
-from tests.conftest import flags
+from tests.conftest import flags, inductor_compiles
 from tests.procs import ROOT
 
 
@@ -39,10 +38,7 @@ def test_train_throughput_benchmark_runs_and_writes_json(tmp_path, capsys):
     assert "tokens/s" in capsys.readouterr().out
 
 
-@pytest.mark.skipif(
-    not os.environ.get("MINIDALLE_COMPILE_TESTS"),
-    reason="compiling forward and backward costs about 35 s of CPU; set MINIDALLE_COMPILE_TESTS=1 to run",
-)
+@inductor_compiles
 def test_compiled_benchmark_reports_compile_time(tmp_path):
     (row,) = run_benchmark(tmp_path / "throughput.json", "--compile")["results"]
     assert row["compiled"] and row["compile_s"] > 0 and row["achieved_tflops"] > 0
