@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from minidalle.pixels import pil_to_tensor
 from stage2_transformer.heldout_style import (
     check_heldout_columns,
     mean_pairwise_mse,
@@ -188,3 +189,47 @@ def test_reference_codes_sit_after_the_caption_tokens():
     text, back = layout.split(seq)
     assert torch.equal(back.flatten(1), codes) and torch.equal(text[:, 4:], ids)
     assert seq[0, 9:].tolist() == [c + 16 for c in codes[0].tolist()]  # image ids after every text id
+
+
+def test_a_product_of_one_prior_draws_what_that_prior_draws(tmp_path):
+    """benchmarks/emoji_prior_ensemble.py: the product of experts seeds, guides and cuts as sample_images does,
+    so a product of one prior (or of the same prior twice: the geometric mean of equal distributions) draws the
+    very images the evaluate command scores, and a product of two different priors draws other ones."""
+    from benchmarks.emoji_prior_ensemble import product_images
+    from stage2_transformer.evaluation import sample_images
+    from stage2_transformer.model import load_transformer
+    from stage2_transformer.tokenizer import load_caption_tokenizer
+    from tests.tiny_models import CAPTIONS, build_tiny_runs, tiny_vqvae
+
+    _, run_a = build_tiny_runs(tmp_path / "a", seed=0)
+    _, run_b = build_tiny_runs(tmp_path / "b", seed=1)
+    (model_a, layout), (model_b, _) = (
+        load_transformer(run_a / "transformer"),
+        load_transformer(run_b / "transformer"),
+    )
+    tokenizer = load_caption_tokenizer(run_a / "tokenizer")
+    vqvae, captions = tiny_vqvae(0), CAPTIONS[:6]
+
+    def pixels(images):
+        return torch.stack([pil_to_tensor(image) for image in images])  # (n, 3, H, W)
+
+    alone = pixels(sample_images(model_a, layout, vqvae, tokenizer, captions, guidance_scale=3.0, seed=7))
+    for models in ([model_a], [model_a, model_a]):
+        product = product_images(models, [tokenizer] * len(models), layout, vqvae, captions, 3.0, seed=7)
+        assert torch.equal(pixels(product), alone)
+    both = product_images([model_a, model_b], [tokenizer] * 2, layout, vqvae, captions, 3.0, seed=7)
+    assert not torch.equal(pixels(both), alone)
+
+
+def test_the_ensemble_benchmark_refuses_runs_of_different_stage1_models(tmp_path, capsys):
+    from benchmarks.emoji_prior_ensemble import main as ensemble
+    from tests.tiny_models import build_tiny_clip, build_tiny_runs
+
+    _, run_a = build_tiny_runs(tmp_path / "a", seed=0)
+    _, run_b = build_tiny_runs(tmp_path / "b", seed=1)  # its own stage 1, other weights
+    clip = build_tiny_clip(tmp_path / "clip")
+    with pytest.raises(SystemExit):  # before any data loads: tmp_path holds no emoji data
+        ensemble(
+            ["--run", str(run_a), "--also", str(run_b), "--data", str(tmp_path), "--rerank_clip", str(clip)]
+        )
+    assert "the runs were trained on different stage-1 models" in capsys.readouterr().err
