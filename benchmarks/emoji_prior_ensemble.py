@@ -55,6 +55,8 @@ from stage2_transformer.noise import NoiseStreams  # noqa: E402
 from stage2_transformer.sampling import DEFAULT_GUIDANCE_PLAUSIBILITY, guided_logits  # noqa: E402
 from stage2_transformer.tokenizer import encode_captions, load_caption_tokenizer  # noqa: E402
 
+KEYS = ("right", "rank", "clip")  # what each candidate is scored by: right style, rank, CLIP score
+
 
 @torch.no_grad()
 def sample_product_of_experts(
@@ -160,9 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
         """C candidates per caption from ``sample(seed)``: right style, rank, CLIP score, each (n, C)."""
         start, scored = time.perf_counter(), [score(sample(args.seed + k * n)) for k in range(C)]
         print(f"{label}: {C} candidates in {time.perf_counter() - start:.0f} s", flush=True)
-        return {
-            key: torch.stack([s[j] for s in scored], 1) for j, key in enumerate(("right", "rank", "clip"))
-        }
+        return {key: torch.stack([s[j] for s in scored], 1) for j, key in enumerate(KEYS)}
 
     drawn = {}
     for run, model, tokenizer in zip(runs, models, tokenizers):
@@ -178,22 +178,21 @@ def main(argv: list[str] | None = None) -> dict:
             lambda seed: product_images(models, tokenizers, layout, vqvae, captions, args.guidance, seed),
         )
     share = C // len(runs)
-    keys = ("right", "rank", "clip")
     pools = (
         {}
         if len(runs) == 1
         else {
             f"pooled {C}": {
-                key: torch.cat([drawn[str(run)][key][:, :share] for run in runs], 1) for key in keys
+                key: torch.cat([drawn[str(run)][key][:, :share] for run in runs], 1) for key in KEYS
             },
             f"pooled {len(runs) * C}": {
-                key: torch.cat([drawn[str(run)][key] for run in runs], 1) for key in keys
+                key: torch.cat([drawn[str(run)][key] for run in runs], 1) for key in KEYS
             },
         }
     )
     if "product" in drawn:
         pools[f"pooled {len(runs) * C} + product {C}"] = {
-            key: torch.cat([pools[f"pooled {len(runs) * C}"][key], drawn["product"][key]], 1) for key in keys
+            key: torch.cat([pools[f"pooled {len(runs) * C}"][key], drawn["product"][key]], 1) for key in KEYS
         }
 
     rows_of = torch.arange(n)
@@ -231,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
         format_group_table(table, [rule for rule in columns if rule.endswith("pick") or f"pick {C}" in rule])
     )
     candidates = {  # per source, per caption and candidate: so that other pools can be scored afterwards
-        name: {key: d[key].tolist() for key in keys} for name, d in drawn.items()
+        name: {key: d[key].tolist() for key in KEYS} for name, d in drawn.items()
     }
     report = {**vars(args), "runs": [str(r) for r in runs], "groups": table, "candidates": candidates}
     write_report(args.out, report)
