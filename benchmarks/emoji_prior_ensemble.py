@@ -2,8 +2,8 @@
 
     python benchmarks/emoji_prior_ensemble.py --run outputs/stage2_emoji32_8x8 \\
         --also outputs/stage2_emoji32_8x8_seed1 [--also RUN ...] --data data/emoji32 \\
-        --rerank_clip outputs/reranker_emoji32/clip [--candidates 16] \\
-        [--out benchmarks/results/emoji_prior_ensemble.json]
+        --rerank_clip outputs/reranker_emoji32/clip [--candidates 16] [--weights 2 1 ...] \\
+        [--reuse EARLIER.json] [--out benchmarks/results/emoji_prior_ensemble.json]
 
 Priors trained alike with different seeds differ in which held-out emoji they draw: on the 384 x 10 CPU
 prior four seeds pick 37.3-40.7% top-5 (docs/emoji.md). Two ways to use R such priors, both on the same
@@ -11,11 +11,18 @@ stage 1 (each may have its own caption tokenizer):
 
 - **pooled candidates**: each prior draws candidates as the evaluate command does (candidate k of caption
   i has seed ``seed + k * n + i``) and the CLIP re-ranker picks among all of them; "pooled C" takes the
-  first C/R of each prior (as many samples as one prior's pick of C), "pooled R*C" all of them.
+  first C/R of each prior (as many samples as one prior's pick of C; when R divides C), "pooled R*C" all
+  of them.
 - **product of experts**: one prior whose next-code log-probabilities are the mean of the R priors'
   (a geometric mean of their distributions, renormalised), under the caption and under the empty caption
   alike, then the usual guidance and plausibility cut (``guided_logits``). Each prior decodes with its
-  own KV cache; every image draws from its own seeded stream, as ``sample_images`` does.
+  own KV cache; every image draws from its own seeded stream, as ``sample_images`` does. ``--weights``
+  makes it a weighted mean (one weight per run, in the order --run, --also ...; scaled to sum to 1), so
+  that a larger prior can count for more than several small ones.
+
+A prior's own candidates depend only on the prior, the captions and the seed, so ``--reuse`` takes them
+from an earlier report of this benchmark (same data, seed, guidance, candidates and re-ranker) instead of
+drawing them again; the product is always drawn.
 
 For each prior alone, the pool and the product it reports one sample (candidate 0), the re-ranker's pick
 and "any" (some candidate in the right style, or with its true image in the top 5: the most a re-ranker
@@ -27,6 +34,7 @@ and writes JSON. Sampling is at temperature 1 with no top-k or top-p, as in the 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -60,13 +68,21 @@ KEYS = ("right", "rank", "clip")  # what each candidate is scored by: right styl
 
 @torch.no_grad()
 def sample_product_of_experts(
-    models, layout, text_ids, guidance_scale: float, generators: list[torch.Generator]
+    models,
+    layout,
+    text_ids,
+    guidance_scale: float,
+    generators: list[torch.Generator],
+    weights: list[float] | None = None,
 ) -> torch.Tensor:
     """(B, h, w) codes from the product of ``models``' next-code distributions; ``text_ids`` holds one
-    (B, T) caption tensor per model (each in its own tokenizer's ids), ``generators`` one per image."""
+    (B, T) caption tensor per model (each in its own tokenizer's ids), ``generators`` one per image,
+    ``weights`` one per model (summing to 1; default equal)."""
     batch, n_codes = text_ids[0].shape[0], layout.num_image_tokens
     device = next(models[0].parameters()).device
     guided = guidance_scale != 1.0
+    weights = weights or [1 / len(models)] * len(models)
+    weight = torch.tensor(weights, device=device).view(-1, 1, 1)  # (R, 1, 1)
     boi = torch.full((batch, 1), layout.boi_id, dtype=torch.long, device=device)  # (B, 1)
     decoders, logits = [], []
     for model, ids in zip(models, text_ids):
@@ -79,7 +95,8 @@ def sample_product_of_experts(
     streams = NoiseStreams(generators, num_steps=n_codes)
     codes = torch.zeros(batch, n_codes, dtype=torch.long, device=device)  # (B, N)
     for i in range(n_codes):
-        mean = torch.stack([step.float().log_softmax(-1) for step in logits]).mean(0)  # (halves * B, K)
+        log_probs = torch.stack([step.float().log_softmax(-1) for step in logits])  # (R, halves * B, K)
+        mean = (weight * log_probs).sum(0)  # (halves * B, K)
         if guided:
             mean = guided_logits(mean.view(2, batch, -1), guidance_scale, DEFAULT_GUIDANCE_PLAUSIBILITY)
         codes[:, i] = streams.sample(mean.softmax(-1))  # (B,)
@@ -90,17 +107,41 @@ def sample_product_of_experts(
     return codes.view(batch, layout.grid_h, layout.grid_w)  # (B, h, w)
 
 
-def product_images(models, tokenizers, layout, vqvae, captions, guidance_scale, seed, batch_size=32):
+def product_images(
+    models, tokenizers, layout, vqvae, captions, guidance_scale, seed, weights=None, batch_size=32
+):
     """One product-of-experts sample per caption (PIL), seeded as ``sample_images`` seeds its samples."""
     images = []
     for start in range(0, len(captions), batch_size):
         chunk = captions[start : start + batch_size]
         ids = [encode_captions(tok, chunk, layout.text_len, warn=False) for tok in tokenizers]  # (b, T) each
         generators = [torch.Generator().manual_seed(seed + start + i) for i in range(len(chunk))]
-        codes = sample_product_of_experts(models, layout, ids, guidance_scale, generators)  # (b, h, w)
+        codes = sample_product_of_experts(models, layout, ids, guidance_scale, generators, weights)
         pixels = vqvae.decode_codes(codes.to(next(vqvae.parameters()).device))  # (b, 3, H, W)
         images.extend(tensor_to_pil(pixels))
     return images
+
+
+SAME_DRAW = ("data", "seed", "guidance", "max_captions", "rerank_clip")  # with --candidates: what fixes them
+
+
+def read_reusable(args: argparse.Namespace, error) -> dict[str, dict[str, list]]:
+    """The runs' candidate scores in the earlier report ``args.reuse``, refused in one line when it is not
+    this benchmark's report or was drawn with other settings."""
+    try:
+        earlier = json.loads(Path(args.reuse).read_text())
+        scores = earlier["candidate_scores"]
+        drawn = {"candidates": len(next(iter(scores.values()))["clip"][0])}  # C of caption 0
+    except (OSError, ValueError, KeyError, TypeError, IndexError, StopIteration) as err:
+        error(f"--reuse {args.reuse} is not a report of this benchmark ({err!r}): point it at one.")
+    drawn.update({key: earlier.get(key) for key in SAME_DRAW})
+    differ = {key: value for key, value in drawn.items() if value != getattr(args, key)}
+    if differ:
+        settings = ", ".join(f"{key} {value!r}" for key, value in differ.items())
+        error(
+            f"--reuse {args.reuse} was drawn with other settings ({settings}): use the same, or drop --reuse."
+        )
+    return {name: runs for name, runs in scores.items() if name != "product"}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -115,12 +156,28 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--candidates", type=int, default=16)
     p.add_argument("--rerank_clip", required=True, help="a re-ranker's clip/ folder (reranker/train.py)")
     p.add_argument("--no_product", action="store_true", help="skip the product of experts")
+    p.add_argument(
+        "--weights",
+        type=float,
+        nargs="+",
+        default=None,
+        help="the product's weight of each run, in the order --run, --also ... (default: equal)",
+    )
+    p.add_argument(
+        "--reuse", default=None, help="an earlier report of this benchmark: take the runs' candidates from it"
+    )
     args = p.parse_args(argv)
     runs = [Path(args.run), *map(Path, args.also)]
-    if args.candidates < 1 or args.candidates % len(runs):
-        p.error(
-            f"--candidates must be a positive multiple of the {len(runs)} runs (for the pool), got {args.candidates}."
-        )
+    if args.candidates < 1:
+        p.error(f"--candidates must be a positive number, got {args.candidates}.")
+    weights = None
+    if args.weights is not None:
+        if len(args.weights) != len(runs) or min(args.weights) < 0 or sum(args.weights) <= 0:
+            p.error(
+                f"--weights needs one weight >= 0 for each of the {len(runs)} runs, not all 0; got {args.weights}."
+            )
+        weights = [w / sum(args.weights) for w in args.weights]
+    reused = read_reusable(args, p.error) if args.reuse else {}
     try:
         check_clip_folder(args.rerank_clip, "--rerank_clip")
     except ModelFolderError as e:
@@ -166,6 +223,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     drawn = {}
     for run, model, tokenizer in zip(runs, models, tokenizers):
+        if str(run) in reused:
+            drawn[str(run)] = {key: torch.tensor(values) for key, values in reused[str(run)].items()}
+            print(f"{run}: {C} candidates from {args.reuse}", flush=True)
+            continue
         drawn[str(run)] = draw(
             str(run),
             lambda seed, m=model, t=tokenizer: sample_images(
@@ -175,21 +236,19 @@ def main(argv: list[str] | None = None) -> dict:
     if len(runs) > 1 and not args.no_product:
         drawn["product"] = draw(
             "product of experts",
-            lambda seed: product_images(models, tokenizers, layout, vqvae, captions, args.guidance, seed),
+            lambda seed: product_images(
+                models, tokenizers, layout, vqvae, captions, args.guidance, seed, weights
+            ),
         )
-    share = C // len(runs)
-    pools = (
-        {}
-        if len(runs) == 1
-        else {
-            f"pooled {C}": {
-                key: torch.cat([drawn[str(run)][key][:, :share] for run in runs], 1) for key in KEYS
-            },
-            f"pooled {len(runs) * C}": {
-                key: torch.cat([drawn[str(run)][key] for run in runs], 1) for key in KEYS
-            },
+    pools = {}
+    if len(runs) > 1:
+        if C % len(runs) == 0:  # as many candidates as one prior's pick, C/R of each
+            pools[f"pooled {C}"] = {
+                key: torch.cat([drawn[str(run)][key][:, : C // len(runs)] for run in runs], 1) for key in KEYS
+            }
+        pools[f"pooled {len(runs) * C}"] = {
+            key: torch.cat([drawn[str(run)][key] for run in runs], 1) for key in KEYS
         }
-    )
     if "product" in drawn:
         pools[f"pooled {len(runs) * C} + product {C}"] = {
             key: torch.cat([pools[f"pooled {len(runs) * C}"][key], drawn["product"][key]], 1) for key in KEYS
@@ -232,7 +291,7 @@ def main(argv: list[str] | None = None) -> dict:
     candidates = {  # per source, per caption and candidate: so that other pools can be scored afterwards
         name: {key: d[key].tolist() for key in KEYS} for name, d in drawn.items()
     }
-    report = {**vars(args), "runs": [str(r) for r in runs], "groups": table, "candidates": candidates}
+    report = {**vars(args), "runs": [str(r) for r in runs], "groups": table, "candidate_scores": candidates}
     write_report(args.out, report)
     return report
 

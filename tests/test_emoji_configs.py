@@ -176,6 +176,23 @@ def test_emoji32_configs_train_and_score_heldout_styles(tmp_path, emoji_folders,
         assert plain["first"]["mse"] != plain["negative style"]["mse"]
         assert steered_caption["first"] == steered_caption["negative style"] == plain["negative style"]
 
+    # The ensemble benchmark on one run: its pick of the same 3 candidates is the evaluate command's reranked
+    # sample again. A second report reuses the first's candidates (it draws none) and scores the same; one
+    # drawn with another seed is refused in one line.
+    from benchmarks.emoji_prior_ensemble import main as ensemble
+
+    out = tmp_path / "ensemble.json"
+    settings = f"--run {stage2} --data {emoji_folders[32]} --rerank_clip {reranker / 'clip'} --candidates 3"
+    first = ensemble(flags(f"{settings} --out {out}"))["groups"]["all"]
+    for key in ("style_accuracy_pct", "retrieval_top1_pct", "retrieval_top5_pct"):
+        assert first["stage2: pick 3"][key] == reranked["reranked_" + key]
+    capsys.readouterr()
+    again = ensemble(flags(f"{settings} --reuse {out} --out {tmp_path / 'again.json'}"))["groups"]["all"]
+    assert again == first and f"3 candidates from {out}" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        ensemble(flags(f"{settings} --reuse {out} --seed 5 --out {tmp_path / 'again.json'}"))
+    assert "was drawn with other settings (seed 1234)" in capsys.readouterr().err
+
     # The style classifier's reading of the same samples. The fake packs paint each style its own colour: the
     # held-out pictures are read as their style and the other style's pictures as the other, and the samples'
     # style accuracy beside the classifier's reading is the evaluate command's.

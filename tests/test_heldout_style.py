@@ -219,6 +219,13 @@ def test_a_product_of_one_prior_draws_what_that_prior_draws(tmp_path):
         assert torch.equal(pixels(product), alone)
     both = product_images([model_a, model_b], [tokenizer] * 2, layout, vqvae, captions, 3.0, seed=7)
     assert not torch.equal(pixels(both), alone)
+    # --weights: a prior of weight 0 has no say, so each of the two alone is drawn again
+    alone_b = pixels(sample_images(model_b, layout, vqvae, tokenizer, captions, guidance_scale=3.0, seed=7))
+    for weights, expected in (([1.0, 0.0], alone), ([0.0, 1.0], alone_b)):
+        weighted = product_images(
+            [model_a, model_b], [tokenizer] * 2, layout, vqvae, captions, 3.0, 7, weights
+        )
+        assert torch.equal(pixels(weighted), expected)
 
 
 def test_the_ensemble_benchmark_refuses_runs_of_different_stage1_models(tmp_path, capsys):
@@ -233,3 +240,9 @@ def test_the_ensemble_benchmark_refuses_runs_of_different_stage1_models(tmp_path
             ["--run", str(run_a), "--also", str(run_b), "--data", str(tmp_path), "--rerank_clip", str(clip)]
         )
     assert "the runs were trained on different stage-1 models" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a weight for each run
+        ensemble(
+            ["--run", str(run_a), "--also", str(run_a), "--data", str(tmp_path), "--rerank_clip", str(clip)]
+            + ["--weights", "1"]
+        )
+    assert "--weights needs one weight >= 0 for each of the 2 runs" in capsys.readouterr().err
