@@ -255,20 +255,28 @@ def main(argv: list[str] | None = None) -> dict:
         }
 
     rows_of = torch.arange(n)
+
+    def pick(d: dict[str, torch.Tensor], first: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(right style (n,), rank (n,)) of the re-ranker's pick among the ``first`` candidates (all: None)."""
+        chosen = d["clip"][:, :first].argmax(1)  # (n,)
+        return d["right"][rows_of, chosen], d["rank"][rows_of, chosen]
+
+    def any_of(d: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Some candidate in the right style (n,), the best candidate's rank (n,): what a re-ranker could reach."""
+        return d["right"].any(1), d["rank"].min(1).values
+
     prefixes = [C] if len(runs) > 1 else sorted({C >> j for j in range(3) if C >> j >= 2})
     columns: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # rule -> (right style (n,), rank (n,))
     anys: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for name, d in drawn.items():
         label = "product" if name == "product" else Path(name).name
         columns[f"{label}: one"] = (d["right"][:, 0], d["rank"][:, 0])
-        for k in prefixes:  # the pick among the first k candidates
-            pick = d["clip"][:, :k].argmax(1)  # (n,)
-            columns[f"{label}: pick {k}"] = (d["right"][rows_of, pick], d["rank"][rows_of, pick])
-        anys[f"{label}: any {C}"] = (d["right"].any(1), d["rank"].min(1).values)
+        for k in prefixes:
+            columns[f"{label}: pick {k}"] = pick(d, k)
+        anys[f"{label}: any {C}"] = any_of(d)
     for label, d in pools.items():
-        pick = d["clip"].argmax(1)
-        columns[f"{label}: pick"] = (d["right"][rows_of, pick], d["rank"][rows_of, pick])
-        anys[f"{label}: any"] = (d["right"].any(1), d["rank"].min(1).values)
+        columns[f"{label}: pick"] = pick(d)
+        anys[f"{label}: any"] = any_of(d)
     columns.update(anys)
 
     table: dict[str, dict] = {}
