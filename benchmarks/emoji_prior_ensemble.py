@@ -21,7 +21,7 @@ stage 1 (each may have its own caption tokenizer):
   that a larger prior can count for more than several small ones.
 
 A prior's own candidates depend only on the prior, the captions and the seed, so ``--reuse`` takes them
-from an earlier report of this benchmark (same data, seed, guidance, candidates and re-ranker) instead of
+from an earlier report of this benchmark (same data, seed, guidance, candidates, re-ranker and --vqvae) instead of
 drawing them again; the product is always drawn.
 
 For each prior alone, the pool and the product it reports one sample (candidate 0), the re-ranker's pick
@@ -122,7 +122,8 @@ def product_images(
     return images
 
 
-SAME_DRAW = ("data", "seed", "guidance", "max_captions", "rerank_clip")  # with --candidates: what fixes them
+# With --candidates, what fixes a prior's candidates and their scores (--vqvae: the stage 1 that decodes them).
+SAME_DRAW = ("data", "seed", "guidance", "max_captions", "rerank_clip", "vqvae")
 
 
 def read_reusable(args: argparse.Namespace, error) -> dict[str, dict[str, list]]:
