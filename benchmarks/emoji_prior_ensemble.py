@@ -12,7 +12,7 @@ stage 1 (each may have its own caption tokenizer):
 - **pooled candidates**: each prior draws candidates as the evaluate command does (candidate k of caption
   i has seed ``seed + k * n + i``) and the CLIP re-ranker picks among all of them; "pooled C" takes the
   first C/R of each prior (as many samples as one prior's pick of C; when R divides C), "pooled R*C" all
-  of them.
+  of them; "RUN C/2 + product C/2" the first C/2 of the --run prior's and of the product's (when C is even).
 - **product of experts**: one prior whose next-code log-probabilities are the mean of the R priors'
   (a geometric mean of their distributions, renormalised), under the caption and under the empty caption
   alike, then the usual guidance and plausibility cut (``guided_logits``). Each prior decodes with its
@@ -120,6 +120,11 @@ def product_images(
         pixels = vqvae.decode_codes(codes.to(next(vqvae.parameters()).device))  # (b, 3, H, W)
         images.extend(tensor_to_pil(pixels))
     return images
+
+
+def first_of_each(sources: list[dict[str, torch.Tensor]], take: int) -> dict[str, torch.Tensor]:
+    """A pool of the first ``take`` candidates of each source, in order: each score (n, len(sources) * take)."""
+    return {key: torch.cat([source[key][:, :take] for source in sources], 1) for key in KEYS}
 
 
 # With --candidates, what fixes a prior's candidates and their scores (--vqvae: the stage 1 that decodes them).
@@ -242,18 +247,17 @@ def main(argv: list[str] | None = None) -> dict:
             ),
         )
     pools = {}
+    priors = [drawn[str(run)] for run in runs]
     if len(runs) > 1:
         if C % len(runs) == 0:  # as many candidates as one prior's pick, C/R of each
-            pools[f"pooled {C}"] = {
-                key: torch.cat([drawn[str(run)][key][:, : C // len(runs)] for run in runs], 1) for key in KEYS
-            }
-        pools[f"pooled {len(runs) * C}"] = {
-            key: torch.cat([drawn[str(run)][key] for run in runs], 1) for key in KEYS
-        }
+            pools[f"pooled {C}"] = first_of_each(priors, C // len(runs))
+        pools[f"pooled {len(runs) * C}"] = first_of_each(priors, C)
     if "product" in drawn:
-        pools[f"pooled {len(runs) * C} + product {C}"] = {
-            key: torch.cat([pools[f"pooled {len(runs) * C}"][key], drawn["product"][key]], 1) for key in KEYS
-        }
+        pools[f"pooled {len(runs) * C} + product {C}"] = first_of_each([*priors, drawn["product"]], C)
+        if C % 2 == 0:  # as many candidates as one prior's pick: half the --run prior's, half the product's
+            pools[f"{runs[0].name} {C // 2} + product {C // 2}"] = first_of_each(
+                [priors[0], drawn["product"]], C // 2
+            )
 
     rows_of = torch.arange(n)
 

@@ -6,10 +6,12 @@ import json
 import shutil
 
 import pytest
+import torch
 from PIL import Image
 
 from minidalle.emoji_data import build_emoji_folder
 from stage1_vqvae.model import VQVAE
+from stage2_transformer.heldout_style import percentages
 from tests.conftest import flags, launch, read_metrics
 from tests.emoji_packs import fake_packs
 
@@ -192,6 +194,23 @@ def test_emoji32_configs_train_and_score_heldout_styles(tmp_path, emoji_folders,
     with pytest.raises(SystemExit):
         ensemble(flags(f"{settings} --reuse {out} --seed 5 --out {tmp_path / 'again.json'}"))
     assert "was drawn with other settings (seed 1234)" in capsys.readouterr().err
+    # The prior with a copy of itself: their product draws the prior's own candidates, and the mixed pool of 4
+    # is the re-ranker's pick among the prior's first 2 and the product's first 2, scored as the report says.
+    twin = tmp_path / "twin"
+    shutil.copytree(stage2, twin, ignore=shutil.ignore_patterns("checkpoints"))
+    settings = f"--run {stage2} --also {twin} --data {emoji_folders[32]} --rerank_clip {reranker / 'clip'}"
+    mixed = ensemble(flags(f"{settings} --candidates 4 --out {tmp_path / 'twin.json'}"))
+    scores = {
+        name: {k: torch.tensor(v) for k, v in s.items()} for name, s in mixed["candidate_scores"].items()
+    }
+    assert torch.equal(scores["product"]["rank"], scores[str(stage2)]["rank"])
+    pool = {
+        k: torch.cat([scores[str(stage2)][k][:, :2], scores["product"][k][:, :2]], 1)
+        for k in scores["product"]
+    }
+    chosen = pool["clip"].argmax(1)  # (2,)
+    right, rank = pool["right"][torch.arange(2), chosen], pool["rank"][torch.arange(2), chosen]
+    assert mixed["groups"]["all"]["stage2 2 + product 2: pick"] == percentages(right, rank)
 
     # The style classifier's reading of the same samples. The fake packs paint each style its own colour: the
     # held-out pictures are read as their style and the other style's pictures as the other, and the samples'

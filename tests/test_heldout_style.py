@@ -246,3 +246,17 @@ def test_the_ensemble_benchmark_refuses_runs_of_different_stage1_models(tmp_path
             + ["--weights", "1"]
         )
     assert "--weights needs one weight >= 0 for each of the 2 runs" in capsys.readouterr().err
+
+
+def test_a_pool_takes_the_first_candidates_of_each_source_in_order():
+    """benchmarks/emoji_prior_ensemble.py: "RUN C/2 + product C/2" pools the first C/2 candidates of each, so a
+    source's later candidates, however well the re-ranker scores them, are not in it."""
+    from benchmarks.emoji_prior_ensemble import first_of_each
+
+    run = {key: torch.tensor([[0.1, 0.2, 0.9, 0.8]]) for key in ("right", "rank", "clip")}  # (1, 4) each
+    product = {key: torch.tensor([[0.3, 0.5, 0.4, 0.7]]) for key in ("right", "rank", "clip")}
+    pool = first_of_each([run, product], 2)
+    assert (
+        torch.equal(pool["clip"], torch.tensor([[0.1, 0.2, 0.3, 0.5]])) and pool["clip"].argmax(1).item() == 3
+    )
+    assert first_of_each([run, product], 4)["rank"].shape == (1, 8)
