@@ -12,7 +12,8 @@ stage 1 (each may have its own caption tokenizer):
 - **pooled candidates**: each prior draws candidates as the evaluate command does (candidate k of caption
   i has seed ``seed + k * n + i``) and the CLIP re-ranker picks among all of them; "pooled C" takes the
   first C/R of each prior (as many samples as one prior's pick of C; when R divides C), "pooled R*C" all
-  of them; "RUN C/2 + product C/2" the first C/2 of the --run prior's and of the product's (when C is even).
+  of them; "RUN C/2 + product C/2" the first C/2 of one prior's and of the product's (when C is even), for
+  each prior (the --run prior's first).
 - **product of experts**: one prior whose next-code log-probabilities are the mean of the R priors'
   (a geometric mean of their distributions, renormalised), under the caption and under the empty caption
   alike, then the usual guidance and plausibility cut (``guided_logits``). Each prior decodes with its
@@ -254,10 +255,11 @@ def main(argv: list[str] | None = None) -> dict:
         pools[f"pooled {len(runs) * C}"] = first_of_each(priors, C)
     if "product" in drawn:
         pools[f"pooled {len(runs) * C} + product {C}"] = first_of_each([*priors, drawn["product"]], C)
-        if C % 2 == 0:  # as many candidates as one prior's pick: half the --run prior's, half the product's
-            pools[f"{runs[0].name} {C // 2} + product {C // 2}"] = first_of_each(
-                [priors[0], drawn["product"]], C // 2
-            )
+        if C % 2 == 0:  # as many candidates as one prior's pick: half of each prior's, half the product's
+            for run, prior in zip(runs, priors):
+                pools[f"{run.name} {C // 2} + product {C // 2}"] = first_of_each(
+                    [prior, drawn["product"]], C // 2
+                )
 
     rows_of = torch.arange(n)
 

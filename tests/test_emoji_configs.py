@@ -194,8 +194,8 @@ def test_emoji32_configs_train_and_score_heldout_styles(tmp_path, emoji_folders,
     with pytest.raises(SystemExit):
         ensemble(flags(f"{settings} --reuse {out} --seed 5 --out {tmp_path / 'again.json'}"))
     assert "was drawn with other settings (seed 1234)" in capsys.readouterr().err
-    # The prior with a copy of itself: their product draws the prior's own candidates, and the mixed pool of 4
-    # is the re-ranker's pick among the prior's first 2 and the product's first 2, scored as the report says.
+    # The prior with a copy of itself: their product draws the prior's own candidates, and each prior's mixed
+    # pool of 4 is the re-ranker's pick among its first 2 and the product's first 2, scored as the report says.
     twin = tmp_path / "twin"
     shutil.copytree(stage2, twin, ignore=shutil.ignore_patterns("checkpoints"))
     settings = f"--run {stage2} --also {twin} --data {emoji_folders[32]} --rerank_clip {reranker / 'clip'}"
@@ -211,6 +211,8 @@ def test_emoji32_configs_train_and_score_heldout_styles(tmp_path, emoji_folders,
     chosen = pool["clip"].argmax(1)  # (2,)
     right, rank = pool["right"][torch.arange(2), chosen], pool["rank"][torch.arange(2), chosen]
     assert mixed["groups"]["all"]["stage2 2 + product 2: pick"] == percentages(right, rank)
+    # each prior gets its pool: the copy's candidates are the prior's, so its pool is the same
+    assert mixed["groups"]["all"]["twin 2 + product 2: pick"] == percentages(right, rank)
 
     # The style classifier's reading of the same samples. The fake packs paint each style its own colour: the
     # held-out pictures are read as their style and the other style's pictures as the other, and the samples'
